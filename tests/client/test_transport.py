@@ -128,7 +128,8 @@ async def test_bearer_token_and_token_file(plain_server: str, fake: FakeAPI, tmp
 
 
 async def test_kubeconfig_with_embedded_data(tls_server: str, pki: dict, fake: FakeAPI, tmp_path: Path) -> None:
-    b64 = lambda b: base64.b64encode(b).decode()
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
     config = {
         "apiVersion": "v1", "kind": "Config", "current-context": "main",
         "clusters": [{"name": "c", "cluster": {"server": tls_server, "certificate-authority-data": b64(pki["ca"])}}],

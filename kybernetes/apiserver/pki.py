@@ -1,0 +1,181 @@
+"""The cluster's PKI: a CA, the API server's serving certificate, admin credentials, kubeconfig.
+
+Generated on first start into <data-dir>/pki and reused afterwards, so a
+kubeconfig written once keeps working across restarts. Client certificates
+carry the user in CN and groups in O, as upstream's x509 authenticator reads
+them.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(k) -> bytes:
+    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption())
+
+
+def _cert_pem(c: x509.Certificate) -> bytes:
+    return c.public_bytes(serialization.Encoding.PEM)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclass
+class PKI:
+    dir: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.dir / "apiserver.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.dir / "apiserver.key"
+
+    @property
+    def admin_cert(self) -> Path:
+        return self.dir / "admin.crt"
+
+    @property
+    def admin_key(self) -> Path:
+        return self.dir / "admin.key"
+
+    @property
+    def token_file(self) -> Path:
+        return self.dir / "admin.token"
+
+    @property
+    def join_token_file(self) -> Path:
+        return self.dir / "join.token"
+
+    def ensure(self, hosts: list[str]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not (self.ca_cert.exists() and self.ca_key.exists()):
+            self._make_ca()
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        if not self._server_cert_covers(hosts):
+            k = _key()
+            cert = self._issue(ca, ca_key, k.public_key(), "kube-apiserver", [], server=True, hosts=hosts)
+            _write(self.server_key, _key_pem(k))
+            _write(self.server_cert, _cert_pem(cert) + _cert_pem(ca), 0o644)
+        if not (self.admin_cert.exists() and self.admin_key.exists()):
+            k = _key()
+            cert = self._issue(ca, ca_key, k.public_key(), "kubernetes-admin", ["system:masters"], server=False)
+            _write(self.admin_key, _key_pem(k))
+            _write(self.admin_cert, _cert_pem(cert), 0o644)
+        if not self.token_file.exists():
+            _write(self.token_file, secrets.token_hex(24).encode())
+        if not self.join_token_file.exists():
+            _write(self.join_token_file, (secrets.token_hex(3) + "." + secrets.token_hex(8)).encode())
+
+    def _make_ca(self) -> None:
+        k = _key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kybernetes-ca")])
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(k.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(_now() - datetime.timedelta(minutes=5))
+                .not_valid_after(_now() + datetime.timedelta(days=3650))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False, encipher_only=False,
+                                             decipher_only=False), critical=True)
+                .sign(k, hashes.SHA256()))
+        _write(self.ca_key, _key_pem(k))
+        _write(self.ca_cert, _cert_pem(cert), 0o644)
+
+    def _issue(self, ca, ca_key, pub, cn: str, orgs: list[str], *, server: bool,
+               hosts: list[str] | None = None) -> x509.Certificate:
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, cn))
+        b = (x509.CertificateBuilder().subject_name(x509.Name(attrs)).issuer_name(ca.subject).public_key(pub)
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(_now() - datetime.timedelta(minutes=5))
+             .not_valid_after(_now() + datetime.timedelta(days=3650))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                   else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        if server:
+            sans: list[x509.GeneralName] = []
+            for h in hosts or []:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+                except ValueError:
+                    sans.append(x509.DNSName(h))
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return b.sign(ca_key, hashes.SHA256())
+
+    def _server_cert_covers(self, hosts: list[str]) -> bool:
+        if not (self.server_cert.exists() and self.server_key.exists()):
+            return False
+        cert = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return False
+        have = {str(v) for v in san.get_values_for_type(x509.IPAddress)} | set(san.get_values_for_type(x509.DNSName))
+        return all(h in have for h in hosts)
+
+    def issue_client(self, cn: str, orgs: list[str]) -> tuple[bytes, bytes]:
+        """A client certificate and key (PEM) signed by the cluster CA."""
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
+        ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        k = _key()
+        cert = self._issue(ca, ca_key, k.public_key(), cn, orgs, server=False)
+        return _cert_pem(cert), _key_pem(k)
+
+    def kubeconfig(self, server_url: str, cluster: str = "kybernetes") -> str:
+        def b64(p):
+            return base64.b64encode(p.read_bytes()).decode()
+        cfg = {
+            "apiVersion": "v1", "kind": "Config", "preferences": {},
+            "clusters": [{"name": cluster, "cluster": {"server": server_url,
+                                                      "certificate-authority-data": b64(self.ca_cert)}}],
+            "users": [{"name": "admin", "user": {"client-certificate-data": b64(self.admin_cert),
+                                                 "client-key-data": b64(self.admin_key)}}],
+            "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": "admin"}}],
+            "current-context": cluster,
+        }
+        return yaml.safe_dump(cfg, sort_keys=False)
+
+    def write_kubeconfig(self, path: Path, server_url: str) -> None:
+        _write(path, self.kubeconfig(server_url).encode())

@@ -1,0 +1,439 @@
+"""The API server: routing, discovery, OpenAPI and content negotiation over the REST storage.
+
+``APIServer.handle`` takes a transport-independent Request (see request.py)
+and returns a Response; the HTTPS front door (http.py) and the client's
+in-process transport both call it. Paths follow upstream exactly:
+/api/v1/namespaces/{ns}/{resource}/{name}/{subresource} and
+/apis/{group}/{version}/..., plus /api, /apis, /version, /openapi/v2,
+/openapi/v3 and the health endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from .. import __version__
+from ..api import errors
+from ..api.errors import StatusError
+from ..api.kinds import Kind, Registry, builtin_registry
+from ..api.schema import ServedResource, get_schema
+from ..api.selectors import field_set
+from ..storage.base import Compactor, Store
+from . import tables
+from .admission import Admission, kubernetes_service_ip
+from .request import Request, Response
+from .rest import REST, ListOptions, decode_body, now_rfc3339
+from .watchcache import WatchCache
+
+log = logging.getLogger("kybernetes.apiserver")
+
+KUBE_MINOR = "32"
+BOOT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+JSON = "application/json"
+
+
+def _status_ok(details: dict[str, Any] | None = None) -> bytes:
+    body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+    if details:
+        body["details"] = details
+    return orjson.dumps(body)
+
+
+class APIServer:
+    def __init__(self, store: Store, *, registry: Registry | None = None, service_cidr: str = "10.96.0.0/12",
+                 advertise: str = "127.0.0.1:6443"):
+        self.store = store
+        self.registry = registry or builtin_registry()
+        self.service_cidr = service_cidr
+        self.advertise = advertise
+        self.cache = WatchCache(store, fields_for=self._fields_for)
+        self.admission = Admission(self.cache, service_cidr)
+        self.rest = REST(store, self.cache, self.registry, self.admission)
+        self.schema = get_schema()
+        self._discovery: dict[str, bytes] = {}
+        self._openapi: dict[str, bytes] = {}
+        self.started = False
+        self._compactor: asyncio.Task | None = None
+        self.start_time = time.time()
+
+    def _fields_for(self, prefix: str):
+        for k in self.registry.kinds:
+            if k.storage_prefix == prefix:
+                kind_name = k.kind
+
+                def fn(obj: dict, _k=kind_name) -> dict[str, str]:
+                    return field_set(_k, obj)
+                return fn
+        return None
+
+    async def start(self, compact_interval: float = 300.0) -> None:
+        await self.cache.start()
+        await self._bootstrap()
+        self._compactor = asyncio.create_task(Compactor(self.store, compact_interval).run(), name="compactor")
+        self.started = True
+
+    async def stop(self) -> None:
+        if self._compactor is not None:
+            self._compactor.cancel()
+            try:
+                await self._compactor
+            except asyncio.CancelledError:
+                pass
+        for c in self.cache.caches.values():
+            for w in list(c.watchers):
+                w.close()
+        await self.cache.stop()
+
+    async def _bootstrap(self) -> None:
+        nsk = self.registry.by_resource("", "v1", "namespaces")
+        for ns in BOOT_NAMESPACES:
+            if await self.store.get(nsk.key(None, ns)) is None:
+                try:
+                    await self.rest.create(nsk, None, {"apiVersion": "v1", "kind": "Namespace",
+                                                       "metadata": {"name": ns}}, {}, [])
+                except StatusError as e:
+                    if e.code != 409:
+                        raise
+        svck = self.registry.by_resource("", "v1", "services")
+        if await self.store.get(svck.key("default", "kubernetes")) is None:
+            ip = kubernetes_service_ip(self.service_cidr)
+            port = int(self.advertise.rsplit(":", 1)[1]) if ":" in self.advertise else 6443
+            try:
+                await self.rest.create(svck, "default", {
+                    "apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": "kubernetes", "namespace": "default",
+                                 "labels": {"component": "apiserver", "provider": "kubernetes"}},
+                    "spec": {"clusterIP": ip, "type": "ClusterIP", "sessionAffinity": "None",
+                             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}},
+                    {}, [])
+            except StatusError as e:
+                if e.code != 409:
+                    raise
+
+    # ------------------------------------------------------------ dispatch
+
+    async def handle(self, req: Request) -> Response:
+        try:
+            return await self._route(req)
+        except StatusError as e:
+            return Response(e.code, e.to_bytes())
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # a bug must never take the server down
+            log.exception("internal error serving %s %s", req.method, req.path)
+            err = errors.internal(str(e))
+            return Response(err.code, err.to_bytes())
+
+    async def _route(self, req: Request) -> Response:
+        path = req.path.rstrip("/") or "/"
+        if path.startswith("/api/") or path == "/api":
+            segs = path.split("/")[2:]
+            if not segs:
+                return self._json(self._api_versions())
+            version, rest = segs[0], segs[1:]
+            if version != "v1":
+                raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+            return await self._resource(req, "", version, rest)
+        if path.startswith("/apis"):
+            segs = path.split("/")[2:]
+            if not segs:
+                return self._cached("apis", self._api_groups)
+            group = segs[0]
+            if len(segs) == 1:
+                g = self._group(group)
+                if g is None:
+                    raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+                return self._json(g)
+            return await self._resource(req, group, segs[1], segs[2:])
+        if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
+            return self._health(req, path)
+        if path == "/version":
+            return self._json(version_info())
+        if path == "/openapi/v2":
+            accept = req.headers.get("accept", "")
+            if "protobuf" in accept and "json" not in accept:
+                # We serve the JSON form only; kubectl falls back (and prefers v3 anyway).
+                return Response(406, errors.StatusError(406, "NotAcceptable", "only application/json is "
+                                                        "served").to_bytes(), JSON)
+            return Response(200, self._openapi_v2(), JSON)
+        if path.startswith("/openapi/v3"):
+            return self._openapi_v3(path)
+        if path == "/":
+            return self._json({"paths": sorted(["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz",
+                                                "/version", "/openapi/v2", "/openapi/v3"]
+                                               + [f"/apis/{g}" for g in self.registry.groups() if g])})
+        raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+
+    def _json(self, obj: Any, status: int = 200) -> Response:
+        return Response(status, orjson.dumps(obj), JSON)
+
+    def _cached(self, key: str, build) -> Response:
+        b = self._discovery.get(key)
+        if b is None:
+            b = orjson.dumps(build())
+            self._discovery[key] = b
+        return Response(200, b, JSON)
+
+    def _health(self, req: Request, path: str) -> Response:
+        checks = ["ping", "log", "etcd", "poststarthook/start-kube-apiserver-informers"]
+        ok = self.started
+        if path.endswith("/ping"):
+            return Response(200, b"ok", "text/plain; charset=utf-8")
+        if req.query.get("verbose") is not None and "verbose" in req.query:
+            lines = [f"[{'+' if ok or c == 'ping' else '-'}]{c} {'ok' if ok or c == 'ping' else 'failed'}"
+                     for c in checks]
+            name = path.strip("/").split("/")[0]
+            lines.append(f"{name} check {'passed' if ok else 'failed'}")
+            return Response(200 if ok else 500, ("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8")
+        return Response(200 if ok else 500, b"ok" if ok else b"not ready", "text/plain; charset=utf-8")
+
+    # ------------------------------------------------------------ discovery
+
+    def _api_versions(self) -> dict:
+        return {"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.advertise}]}
+
+    def _group(self, group: str) -> dict | None:
+        versions = self.registry.groups().get(group)
+        if not versions or not group:
+            return None
+        vs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": vs, "preferredVersion": vs[0]}
+
+    def _api_groups(self) -> dict:
+        groups = [self._group(g) for g in self.registry.groups() if g]
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+
+    def _resource_list(self, group: str, version: str) -> dict | None:
+        kinds = self.registry.in_group_version(group, version)
+        if not kinds:
+            return None
+        res = []
+        for k in kinds:
+            entry: dict[str, Any] = {"name": k.plural, "singularName": k.singular, "namespaced": k.namespaced,
+                                     "kind": k.kind, "verbs": list(k.verbs)}
+            if k.short_names:
+                entry["shortNames"] = list(k.short_names)
+            if k.categories:
+                entry["categories"] = list(k.categories)
+            entry["storageVersionHash"] = hashlib.sha256(
+                f"{k.group}/{k.stored_api_version}/{k.kind}".encode()).digest()[:8].hex()
+            res.append(entry)
+            for sub in k.subresources:
+                s: dict[str, Any] = {"name": f"{k.plural}/{sub}", "singularName": "", "namespaced": k.namespaced,
+                                     "kind": k.kind, "verbs": ["get", "patch", "update"]}
+                if sub == "scale":
+                    s.update(group="autoscaling", version="v1", kind="Scale")
+                elif sub == "binding":
+                    s.update(kind="Binding", verbs=["create"])
+                elif sub == "finalize":
+                    s.update(verbs=["update"])
+                res.append(s)
+        gv = f"{group}/{version}" if group else version
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}
+
+    # ------------------------------------------------------------ openapi
+
+    def served_resources(self) -> list[ServedResource]:
+        return [ServedResource(k.group, k.version, k.kind, k.plural, k.namespaced, list(k.verbs),
+                               list(k.subresources)) for k in self.registry.kinds]
+
+    def _openapi_v2(self) -> bytes:
+        b = self._openapi.get("v2")
+        if b is None:
+            b = orjson.dumps(self.schema.openapi_v2(self.served_resources()))
+            self._openapi["v2"] = b
+        return b
+
+    def _openapi_v3(self, path: str) -> Response:
+        served = self.served_resources()
+        if path.rstrip("/") == "/openapi/v3":
+            b = self._openapi.get("v3")
+            if b is None:
+                b = orjson.dumps(self.schema.openapi_v3_index(served))
+                self._openapi["v3"] = b
+            return Response(200, b, JSON)
+        rel = path[len("/openapi/v3/"):]
+        b = self._openapi.get(rel)
+        if b is None:
+            parts = rel.split("/")
+            if parts[0] == "api" and len(parts) == 2:
+                group, version = "", parts[1]
+            elif parts[0] == "apis" and len(parts) == 3:
+                group, version = parts[1], parts[2]
+            else:
+                raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+            if not self.registry.in_group_version(group, version):
+                raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+            b = orjson.dumps(self.schema.openapi_v3_group_version(group, version, served))
+            self._openapi[rel] = b
+        return Response(200, b, JSON, {"Cache-Control": "public, immutable", "Etag": '"' + hashlib.sha256(
+            b).hexdigest()[:32] + '"'})
+
+    # ------------------------------------------------------------ resources
+
+    async def _resource(self, req: Request, group: str, version: str, segs: list[str]) -> Response:
+        if not segs:
+            key = f"rl/{group}/{version}"
+            b = self._discovery.get(key)
+            if b is None:
+                rl = self._resource_list(group, version)
+                if rl is None:
+                    raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+                b = orjson.dumps(rl)
+                self._discovery[key] = b
+            return Response(200, b, JSON)
+        query = dict(req.query)
+        if segs[0] == "watch":
+            segs = segs[1:]
+            query["watch"] = "true"
+        ns: str | None = None
+        if segs and segs[0] == "namespaces" and len(segs) >= 3:
+            cand = self.registry.by_resource(group, version, segs[2])
+            if cand is not None and cand.namespaced:
+                ns = segs[1]
+                segs = segs[2:]
+        if not segs:
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        kind = self.registry.by_resource(group, version, segs[0])
+        if kind is None:
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        name = segs[1] if len(segs) > 1 else None
+        sub = segs[2] if len(segs) > 2 else ""
+        if len(segs) > 3:
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        if kind.namespaced and name is not None and ns is None:
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        if sub and sub not in kind.subresources:
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        m = req.method
+        warnings: list[str] = []
+        accept = req.headers.get("accept", "")
+        ct = req.headers.get("content-type", "")
+        if name is None:
+            if m == "GET":
+                opts = ListOptions(query)
+                if opts.watch:
+                    return await self._watch(kind, ns, opts, accept)
+                return await self._list(kind, ns, opts, accept)
+            if m == "POST":
+                body = decode_body(req.body, ct)
+                code, raw = await self.rest.create(kind, ns, body, query, warnings, req.user)
+                return self._obj_response(code, raw, warnings, kind, accept)
+            if m == "DELETE":
+                raw = await self.rest.delete_collection(kind, ns, req.body, query, req.user)
+                return Response(200, raw, JSON)
+            raise errors.method_not_allowed()
+        if not sub:
+            if m == "GET":
+                if query.get("watch") == "true":
+                    opts = ListOptions({**query, "fieldSelector": f"metadata.name={name}"})
+                    return await self._watch(kind, ns, opts, accept)
+                raw = await self.rest.get(kind, ns, name)
+                return self._obj_response(200, raw, warnings, kind, accept)
+            if m == "PUT":
+                body = decode_body(req.body, ct)
+                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "", req.user)
+                return self._obj_response(code, raw, warnings, kind, accept)
+            if m == "PATCH":
+                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "", req.user)
+                return self._obj_response(code, raw, warnings, kind, accept)
+            if m == "DELETE":
+                code, raw = await self.rest.delete(kind, ns, name, req.body, query, req.user)
+                return self._obj_response(code, raw, warnings, kind, accept)
+            raise errors.method_not_allowed()
+        if sub == "status":
+            if m == "GET":
+                return self._obj_response(200, await self.rest.get(kind, ns, name), warnings, kind, accept)
+            if m == "PUT":
+                body = decode_body(req.body, ct)
+                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "status", req.user)
+                return self._obj_response(code, raw, warnings, kind, accept)
+            if m == "PATCH":
+                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "status",
+                                                  req.user)
+                return self._obj_response(code, raw, warnings, kind, accept)
+            raise errors.method_not_allowed()
+        if sub == "scale":
+            if m == "GET":
+                return self._json(await self.rest.get_scale(kind, ns, name))
+            if m in ("PUT", "PATCH"):
+                return self._json(await self.rest.update_scale(kind, ns, name, req.body, ct, m, query, warnings))
+            raise errors.method_not_allowed()
+        if sub == "binding" and m == "POST":
+            await self.rest.bind(kind, ns or "", name, decode_body(req.body, ct))
+            return Response(201, _status_ok(), JSON)
+        if sub == "finalize" and m == "PUT":
+            code, raw = await self.rest.finalize_namespace(kind, name, decode_body(req.body, ct))
+            return Response(code, raw, JSON)
+        raise errors.method_not_allowed()
+
+    def _obj_response(self, code: int, raw: bytes, warnings: list[str], kind: Kind, accept: str) -> Response:
+        headers = {}
+        if warnings:
+            headers["Warning"] = ", ".join('299 - "%s"' % w.replace('"', '\\"') for w in warnings)
+        if "as=Table" in accept:
+            obj = orjson.loads(raw)
+            return Response(code, orjson.dumps(tables.table(kind.group, kind.kind, [obj],
+                                                            include_object=_include(accept))), JSON, headers)
+        if "as=PartialObjectMetadata" in accept:
+            obj = orjson.loads(raw)
+            return Response(code, orjson.dumps({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                "metadata": obj.get("metadata", {})}), JSON, headers)
+        return Response(code, raw, JSON, headers)
+
+    async def _list(self, kind: Kind, ns: str | None, opts: ListOptions, accept: str) -> Response:
+        if "as=Table" in accept:
+            objs, lm = await self.rest.list_objects(kind, ns, opts)
+            t = tables.table(kind.group, kind.kind, objs, include_object=_include(accept), list_meta=lm)
+            return Response(200, orjson.dumps(t), JSON)
+        if "as=PartialObjectMetadataList" in accept:
+            objs, lm = await self.rest.list_objects(kind, ns, opts)
+            items = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
+                     for o in objs]
+            return self._json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                               "metadata": lm, "items": items})
+        return Response(200, await self.rest.list_bytes(kind, ns, opts), JSON)
+
+    async def _watch(self, kind: Kind, ns: str | None, opts: ListOptions, accept: str) -> Response:
+        stream = await self.rest.watch(kind, ns, opts)
+        if "as=Table" in accept:
+            return Response(200, b"", JSON, {}, _table_events(kind, stream, _include(accept)))
+        return Response(200, b"", JSON, {}, stream)
+
+
+async def _table_events(kind: Kind, stream, include: str):
+    try:
+        async for chunk in stream:
+            out = []
+            for line in chunk.splitlines():
+                if not line:
+                    continue
+                ev = orjson.loads(line)
+                if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    ev["object"] = tables.table(kind.group, kind.kind, [ev["object"]], include_object=include)
+                out.append(orjson.dumps(ev) + b"\n")
+            yield b"".join(out)
+    finally:
+        stream.close()
+
+
+def _include(accept: str) -> str:
+    return "Metadata"
+
+
+def version_info() -> dict:
+    import platform
+    return {"major": "1", "minor": KUBE_MINOR, "gitVersion": f"v1.{KUBE_MINOR}.0-kyb.{__version__}",
+            "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "python" + platform.python_version(), "compiler": "cpython",
+            "platform": f"{platform.system().lower()}/{platform.machine()}"}
+
+
+_ = now_rfc3339

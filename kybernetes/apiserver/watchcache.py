@@ -1,0 +1,335 @@
+"""The watch cache: one store watch for the whole server, fanned out to every watcher.
+
+At start the cache lists everything under /registry/ once and then follows a
+single store watch from that revision. Objects are kept per storage prefix as
+their served bytes (resourceVersion spliced in once), with the few fields
+selectors need pre-extracted, so lists and watch events are assembled from
+bytes and never re-encoded per object or per watcher. Because one watch sees
+every revision, every resource cache advances together, and "wait until the
+cache has seen revision R" is the consistent-read barrier for lists.
+
+A recent window of events is kept per prefix so a watcher can resume from an
+older resourceVersion; older than the window is 410 Gone, as upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..storage.base import KV, Compacted, Store
+
+log = logging.getLogger("kybernetes.watchcache")
+
+_META = b'"metadata":{'
+
+
+def splice_rv(raw: bytes, rv: int) -> bytes:
+    """Insert metadata.resourceVersion into stored bytes (which never carry it)."""
+    i = raw.find(_META)
+    if i < 0:
+        return raw
+    i += len(_META)
+    return b"".join((raw[:i], b'"resourceVersion":"', str(rv).encode(), b'",', raw[i:]))
+
+
+class Entry:
+    """One object as the cache holds it."""
+
+    __slots__ = ("fields", "key", "labels", "name", "namespace", "raw", "rv", "uid")
+
+    def __init__(self, key: str, raw: bytes, rv: int, namespace: str, name: str, labels: dict[str, str],
+                 fields: dict[str, str], uid: str):
+        self.key = key
+        self.raw = raw
+        self.rv = rv
+        self.namespace = namespace
+        self.name = name
+        self.labels = labels
+        self.fields = fields
+        self.uid = uid
+
+
+FieldsFn = Callable[[dict[str, Any]], dict[str, str]]
+
+
+def make_entry(kv: KV, rv: int, fields_fn: FieldsFn | None) -> Entry:
+    obj = orjson.loads(kv.value)
+    meta = obj.get("metadata") or {}
+    raw = splice_rv(kv.value, rv)
+    fields = fields_fn(obj) if fields_fn else {}
+    return Entry(kv.key, raw, rv, meta.get("namespace", ""), meta.get("name", ""), meta.get("labels") or {},
+                 fields, meta.get("uid", ""))
+
+
+@dataclass(slots=True)
+class CacheEvent:
+    type: str  # ADDED / MODIFIED / DELETED
+    rv: int
+    entry: Entry
+    prev: Entry | None
+    _encoded: dict[str, bytes] = field(default_factory=dict)
+
+    def encoded(self, typ: str) -> bytes:
+        b = self._encoded.get(typ)
+        if b is None:
+            b = b'{"type":"' + typ.encode() + b'","object":' + self.entry.raw + b"}\n"
+            self._encoded[typ] = b
+        return b
+
+
+Filter = Callable[[Entry], bool]
+
+
+class Watcher:
+    """One client's watch: a bounded queue of encoded events."""
+
+    MAX_PENDING = 20000
+
+    def __init__(self, cache: ResourceCache, match: Filter, namespace: str | None):
+        self.cache = cache
+        self.match = match
+        self.namespace = namespace
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+        self.bookmarks = False
+        self.last_rv = 0
+
+    def deliver(self, ev: CacheEvent) -> None:
+        if self.closed:
+            return
+        if self.namespace and ev.entry.namespace != self.namespace:
+            return
+        cur = self.match(ev.entry)
+        if ev.type == "DELETED":
+            typ = "DELETED" if (ev.prev is not None and self.match(ev.prev)) or cur else None
+        elif ev.type == "ADDED":
+            typ = "ADDED" if cur else None
+        else:
+            old = ev.prev is not None and self.match(ev.prev)
+            if cur and old:
+                typ = "MODIFIED"
+            elif cur:
+                typ = "ADDED"
+            elif old:
+                typ = "DELETED"
+            else:
+                typ = None
+        self.last_rv = ev.rv
+        if typ is None:
+            return
+        self.push(ev.encoded(typ))
+
+    def push(self, data: bytes) -> None:
+        if len(self.queue) >= self.MAX_PENDING:
+            # A watcher this far behind is cut off; the client re-watches from
+            # its last resourceVersion, as upstream does with slow watchers.
+            self.overflowed = True
+            self.close()
+            return
+        self.queue.append(data)
+        self.wake.set()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.cache.watchers.discard(self)
+            self.wake.set()
+
+    async def next_chunk(self, timeout: float | None) -> list[bytes] | None:
+        """Pending events (possibly empty on timeout); None once closed and drained."""
+        if not self.queue:
+            if self.closed:
+                return None
+            self.wake.clear()
+            try:
+                if timeout is None:
+                    await self.wake.wait()
+                else:
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                return []
+        out = list(self.queue)
+        self.queue.clear()
+        if not out and self.closed:
+            return None
+        return out
+
+
+class ResourceCache:
+    """Objects and recent events under one storage prefix."""
+
+    def __init__(self, prefix: str, window: int, fields_fn: FieldsFn | None = None):
+        self.prefix = prefix
+        self.objects: dict[str, Entry] = {}
+        self.events: deque[CacheEvent] = deque(maxlen=window)
+        # Events older than this revision are not in the window.
+        self.oldest_rv = 0
+        self.watchers: set[Watcher] = set()
+        self.fields_fn = fields_fn
+
+    def apply(self, typ: str, kv: KV, prev_entry: Entry | None) -> CacheEvent:
+        if typ == "DELETED":
+            entry = make_entry(kv, kv.mod_revision, self.fields_fn)
+            self.objects.pop(kv.key, None)
+        else:
+            entry = make_entry(kv, kv.mod_revision, self.fields_fn)
+            self.objects[kv.key] = entry
+        ev = CacheEvent(typ, kv.mod_revision, entry, prev_entry)
+        if len(self.events) == self.events.maxlen:
+            self.oldest_rv = self.events[0].rv
+        self.events.append(ev)
+        for w in list(self.watchers):
+            w.deliver(ev)
+        return ev
+
+    def events_since(self, rv: int) -> list[CacheEvent] | None:
+        """Events after rv still in the window, or None if rv is older than the window."""
+        if rv < self.oldest_rv:
+            return None
+        out = []
+        for ev in reversed(self.events):
+            if ev.rv <= rv:
+                break
+            out.append(ev)
+        out.reverse()
+        return out
+
+    def entries(self, namespace: str | None) -> list[Entry]:
+        if namespace:
+            p = self.prefix + namespace + "/"
+            return [e for k, e in self.objects.items() if k.startswith(p)]
+        return list(self.objects.values())
+
+
+class WatchCache:
+    """All resource caches of the server, fed by one store watch."""
+
+    def __init__(self, store: Store, window: int = 10000, fields_for: Callable[[str], FieldsFn | None] = None):
+        self.store = store
+        self.window = window
+        self.caches: dict[str, ResourceCache] = {}
+        self.rv = 0
+        self._rv_waiters: list[tuple[int, asyncio.Future]] = []
+        self._task: asyncio.Task | None = None
+        self._fields_for = fields_for or (lambda prefix: None)
+        self.ready = asyncio.Event()
+
+    @staticmethod
+    def prefix_of(key: str) -> str:
+        # "/registry/<resource>/..." -> "/registry/<resource>/"
+        i = key.find("/", len("/registry/"))
+        return key[: i + 1] if i > 0 else key
+
+    def cache(self, prefix: str) -> ResourceCache:
+        c = self.caches.get(prefix)
+        if c is None:
+            c = ResourceCache(prefix, self.window, self._fields_for(prefix))
+            # A cache made now has seen nothing before the current revision.
+            c.oldest_rv = self.rv
+            self.caches[prefix] = c
+        return c
+
+    async def start(self) -> None:
+        kvs, rev, _ = await self.store.list("/registry/")
+        for kv in kvs:
+            c = self.cache(self.prefix_of(kv.key))
+            c.objects[kv.key] = make_entry(kv, kv.mod_revision, c.fields_fn)
+        self.rv = rev
+        for c in self.caches.values():
+            c.oldest_rv = rev
+        self._task = asyncio.create_task(self._run(rev), name="watchcache")
+        self.ready.set()
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def _run(self, rev: int) -> None:
+        while True:
+            try:
+                watch = self.store.watch("/registry/", rev)
+                async for ev in watch:
+                    key = ev.kv.key
+                    c = self.cache(self.prefix_of(key))
+                    prev = c.objects.get(key)
+                    c.apply(ev.type, ev.kv, prev)
+                    rev = ev.kv.mod_revision
+                    self._advance(rev)
+                    if hasattr(watch, "progress"):
+                        pass
+                return
+            except asyncio.CancelledError:
+                raise
+            except Compacted:
+                # Fell behind compaction: rebuild from a fresh list. Watchers
+                # are cut off so that their clients relist too.
+                log.warning("watch cache fell behind compaction; relisting")
+                await self._relist()
+                rev = self.rv
+            except Exception:
+                log.exception("watch cache store watch failed; restarting")
+                await asyncio.sleep(0.5)
+
+    async def _relist(self) -> None:
+        kvs, rev, _ = await self.store.list("/registry/")
+        for c in self.caches.values():
+            for w in list(c.watchers):
+                w.close()
+            c.objects.clear()
+            c.events.clear()
+        for kv in kvs:
+            c = self.cache(self.prefix_of(kv.key))
+            c.objects[kv.key] = make_entry(kv, kv.mod_revision, c.fields_fn)
+        for c in self.caches.values():
+            c.oldest_rv = rev
+        self._advance(rev)
+
+    def _advance(self, rev: int) -> None:
+        self.rv = max(self.rv, rev)
+        if self._rv_waiters:
+            keep = []
+            for want, fut in self._rv_waiters:
+                if want <= self.rv:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((want, fut))
+            self._rv_waiters = keep
+
+    def note_revision(self, rev: int) -> None:
+        """A write to a key outside /registry/ or a progress report: advance the barrier."""
+        self._advance(rev)
+
+    async def wait_for(self, rev: int, timeout: float = 5.0) -> bool:
+        if self.rv >= rev:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._rv_waiters.append((rev, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def fresh(self) -> int:
+        """Wait until the cache reflects every write acknowledged so far; returns that revision."""
+        rev = await self.store.current_revision()
+        if not await self.wait_for(rev):
+            # The store moved on (e.g. writes to keys no cache covers); what
+            # we have is complete up to what we saw.
+            return self.rv
+        return rev

@@ -1,0 +1,111 @@
+"""The `kyb` command: server, version.
+
+`kyb server` runs the control plane of a single-node cluster: the store, the
+API server over HTTPS and the built-in controllers, writing a kubeconfig that
+the real kubectl uses as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .. import __version__
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "kybernetes"
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+async def run_server(args: argparse.Namespace) -> int:
+    from ..apiserver.http import TokenAuth, serve, server_ssl_context
+    from ..apiserver.pki import PKI
+    from ..apiserver.server import APIServer
+    from ..controllers.manager import ControllerManager
+    from ..storage import open_store
+
+    log = logging.getLogger("kybernetes.server")
+    t0 = time.perf_counter()
+    data = Path(args.data_dir).expanduser().resolve()
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pki = PKI(data / "pki")
+    hosts = sorted({"127.0.0.1", "localhost", "::1", args.bind, *(args.tls_san or [])} - {"0.0.0.0", "::"})
+    pki.ensure(hosts)
+    store = open_store(args.store or str(data / "state.db"))
+    host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
+    advertise = f"{host_for_url}:{args.port}"
+    api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise)
+    await api.start()
+    tokens = TokenAuth()
+    tokens.add(pki.token_file.read_text().strip(), "admin", ("system:masters", "system:authenticated"))
+    runner = await serve(api, tokens, args.bind, args.port, server_ssl_context(pki))
+    url = f"https://{host_for_url}:{args.port}" if ":" not in host_for_url else f"https://[{host_for_url}]:{args.port}"
+    kubeconfig = data / "kubeconfig"
+    pki.write_kubeconfig(kubeconfig, url)
+    manager = ControllerManager.in_process(api)
+    await manager.start()
+    log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
+    log.info("export KUBECONFIG=%s", kubeconfig)
+    log.info("join token in %s", pki.join_token_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await manager.stop()
+    await api.stop()
+    await runner.cleanup()
+    await store.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kyb", description="kybernetes: a Kubernetes-compatible orchestrator")
+    p.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("server", help="run the control plane (API server, store, controllers)")
+    s.add_argument("--data-dir", default=str(default_data_dir()))
+    s.add_argument("--bind", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=6443)
+    s.add_argument("--store", default="", help="store URL (default: sqlite file in the data dir)")
+    s.add_argument("--service-cidr", default="10.96.0.0/12")
+    s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
+    s.add_argument("--log-level", dest="log_level_sub", default=None,
+                   choices=["debug", "info", "warning", "error"])
+    sub.add_parser("version", help="print the version")
+    args = p.parse_args(argv)
+    level = getattr(args, "log_level_sub", None) or args.log_level
+    _setup_logging(level)
+    if args.cmd == "version":
+        print(f"kyb {__version__} (Kubernetes API v1.32)")
+        return 0
+    if args.cmd == "server":
+        try:
+            import uvloop  # measurably faster event loop where installed
+            uvloop.install()
+        except ImportError:
+            pass
+        try:
+            return asyncio.run(run_server(args))
+        except KeyboardInterrupt:
+            return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

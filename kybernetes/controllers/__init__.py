@@ -1,0 +1,1 @@
+"""Controllers: level-triggered loops that make the cluster match its desired state."""

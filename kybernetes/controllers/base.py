@@ -1,0 +1,104 @@
+"""The shared Controller base: informers feed a work queue; workers call reconcile(key).
+
+A controller declares its informers and which events enqueue which keys. The
+base runs the workers, retries failed keys with per-key exponential backoff,
+and re-enqueues everything on each informer resync, so a missed event is
+healed by the next resync. reconcile never sleeps waiting for the world: it
+takes one step and returns, asking to be called again later if it must.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ..api.errors import StatusError
+from ..client import Client, Informer, QueueShutDown, WorkQueue
+
+log = logging.getLogger("kybernetes.controllers")
+
+
+class Requeue(Exception):
+    """Raised by reconcile to be called again for this key after `after` seconds."""
+
+    def __init__(self, after: float = 0.0):
+        super().__init__(after)
+        self.after = after
+
+
+class Controller:
+    name = "controller"
+    workers = 2
+
+    def __init__(self, client: Client):
+        self.client = client
+        self.queue = WorkQueue(self.name)
+        self.informers: list[Informer] = []
+        self._tasks: list[asyncio.Task] = []
+
+    def informer(self, api_version: str, plural: str, *, namespaced: bool = True,
+                 resync_period: float = 0) -> Informer:
+        inf = Informer(self.client.resource(api_version, plural, namespaced), resync_period=resync_period)
+        self.informers.append(inf)
+        return inf
+
+    def enqueue(self, key: str) -> None:
+        self.queue.add(key)
+
+    async def reconcile(self, key: str) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        for inf in self.informers:
+            await inf.start()
+        for inf in self.informers:
+            await inf.wait_for_sync(30)
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}"))
+
+    async def stop(self) -> None:
+        self.queue.shut_down()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks.clear()
+        for inf in self.informers:
+            await inf.stop()
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                key = await self.queue.get()
+            except QueueShutDown:
+                return
+            try:
+                await self.reconcile(key)
+                self.queue.forget(key)
+            except Requeue as r:
+                self.queue.forget(key)
+                if r.after > 0:
+                    self.queue.add_after(key, r.after)
+                else:
+                    self.queue.add_rate_limited(key)
+            except asyncio.CancelledError:
+                raise
+            except StatusError as e:
+                if e.code != 409:
+                    log.warning("%s: reconcile %s: %s", self.name, key, e.message)
+                self.queue.add_rate_limited(key)
+            except Exception:
+                log.exception("%s: reconcile %s failed", self.name, key)
+                self.queue.add_rate_limited(key)
+            finally:
+                self.queue.done(key)
+
+
+def key_of(obj: dict[str, Any]) -> str:
+    m = obj.get("metadata") or {}
+    ns = m.get("namespace")
+    return f"{ns}/{m.get('name')}" if ns else m.get("name", "")
