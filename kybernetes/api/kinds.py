@@ -87,7 +87,8 @@ def _k(group: str, version: str, kind: str, plural: str, **kw) -> None:
 
 _ALL = ("all",)
 # core/v1
-_k("", "v1", "Namespace", "namespaces", namespaced=False, short_names=("ns",), subresources=("status", "finalize"))
+_k("", "v1", "Namespace", "namespaces", namespaced=False, short_names=("ns",), subresources=("status", "finalize"),
+   has_spec=False)
 _k("", "v1", "Pod", "pods", short_names=("po",), categories=_ALL, subresources=("status", "binding"))
 _k("", "v1", "Node", "nodes", namespaced=False, short_names=("no",), subresources=("status",))
 _k("", "v1", "Service", "services", short_names=("svc",), categories=_ALL, subresources=("status",))

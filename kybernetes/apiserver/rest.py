@@ -508,7 +508,8 @@ class REST:
             new = self._to_storage(kind, new)
             new = self._prepare_update(kind, new, cur, subresource)
             _normalize(kind, new)
-            validation.apply_defaults(kind.kind, kind.group, new)
+            if subresource not in ("status", "finalize"):
+                validation.apply_defaults(kind.kind, kind.group, new)
             self._validate(kind, new, cur)
             await self.admission.admit_update(kind, new, cur, user)
             new_meta = new["metadata"]

@@ -54,6 +54,9 @@ async def run_server(args: argparse.Namespace) -> int:
     url = f"https://{host_for_url}:{args.port}" if ":" not in host_for_url else f"https://[{host_for_url}]:{args.port}"
     kubeconfig = data / "kubeconfig"
     pki.write_kubeconfig(kubeconfig, url)
+    # kubectl sends built-in objects as protobuf; load the descriptors off the hot path.
+    from ..api import protobuf
+    warm = asyncio.get_running_loop().run_in_executor(None, protobuf.default_pool)
     manager = ControllerManager.in_process(api)
     await manager.start()
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
@@ -65,6 +68,7 @@ async def run_server(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await warm
     await manager.stop()
     await api.stop()
     await runner.cleanup()

@@ -57,7 +57,7 @@ class NamespaceController(Controller):
                         raise
                 remaining[plural] = remaining.get(plural, 0) + 1
         if remaining:
-            await self._set_conditions(key, remaining)
+            await self._set_conditions(ns, remaining)
             # Deletions in flight (graceful pods, finalizers): look again soon.
             raise Requeue(after=1.0)
         spec_fins = (ns.get("spec") or {}).get("finalizers") or []
@@ -71,11 +71,15 @@ class NamespaceController(Controller):
                     raise
             log.info("namespace %s emptied and finalized", key)
 
-    async def _set_conditions(self, name: str, remaining: dict[str, int]) -> None:
+    async def _set_conditions(self, ns: dict[str, Any], remaining: dict[str, int]) -> None:
+        name = ns["metadata"]["name"]
         msg = "Some resources are remaining: " + ", ".join(f"{p} has {n} resource instances"
                                                             for p, n in sorted(remaining.items()))
         cond = {"type": "NamespaceContentRemaining", "status": "True", "reason": "SomeResourcesRemain",
                 "message": msg}
+        have = (ns.get("status") or {}).get("conditions") or []
+        if any(c.get("type") == cond["type"] and c.get("message") == msg for c in have):
+            return
         try:
             await self.client.resource("v1", "namespaces", False).patch(
                 name, {"status": {"conditions": [cond]}}, patch_type="merge", subresource="status")

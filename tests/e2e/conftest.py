@@ -33,7 +33,8 @@ class Server:
 
     def start(self, timeout: float = 20.0) -> float:
         t0 = time.monotonic()
-        logf = open(self.log, "ab")
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        logf = open(self.log, "ab")  # noqa: SIM115 - the server process owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--log-level", os.environ.get("KYB_TEST_LOG_LEVEL", "info")],
@@ -42,7 +43,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("server exited:\n" + self.log.read_text())
-            if b"ready at" in self.log.read_bytes():
+            if b"ready at" in self.log.read_bytes()[offset:]:
                 return time.monotonic() - t0
             time.sleep(0.02)
         raise RuntimeError("server not ready:\n" + self.log.read_text())

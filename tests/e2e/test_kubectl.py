@@ -65,7 +65,7 @@ def test_apply_get_edit_delete_cycle(server: Server):
     server.kubectl("annotate", "deploy", "nginx-deployment", "-n", "shop", "owner=team-a")
     server.kubectl("patch", "deploy", "nginx-deployment", "-n", "shop", "-p", '{"spec":{"replicas":5}}')
     server.kubectl("patch", "deploy", "nginx-deployment", "-n", "shop", "--type=json",
-                   "-p", '[{"op":"replace","path":"/spec/minReadySeconds","value":2}]')
+                   "-p", '[{"op":"add","path":"/spec/minReadySeconds","value":2}]')
     d = server.kjson("get", "deploy", "nginx-deployment", "-n", "shop")
     assert d["metadata"]["labels"]["tier"] == "web"
     assert d["metadata"]["annotations"]["owner"] == "team-a"
