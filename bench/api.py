@@ -28,7 +28,6 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,32 +84,27 @@ async def bench_store(n: int) -> dict:
         await st.get(k)
     gets = len(keys) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    kvs, _, _ = await st.list("/registry/pods/")
+    await st.list("/registry/pods/")
     list_ms = (time.perf_counter() - t0) * 1000
     await st.close()
     return {"creates": creates, "gets": gets, "list_ms": list_ms}
 
 
-async def bench_floor(sslctx_server: ssl.SSLContext, client_ssl: ssl.SSLContext, n: int, conc: int) -> float:
-    body = orjson.dumps(pod("floor"))
-
-    async def h(_req):
-        return web.Response(body=body, content_type="application/json")
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", h)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+async def bench_floor(pki: Path, client_ssl: ssl.SSLContext, n: int, conc: int) -> float:
+    """Requests/s against a fixed-body aiohttp handler in its own process (same TLS, same loop)."""
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=sslctx_server).start()
-    # The floor runs in this process (server and client share one core);
-    # measured the same way as the API server's gets.
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl, limit=conc)) as s:
-        async def get(_i):
-            async with s.get(f"https://127.0.0.1:{port}/x") as r:
-                await r.read()
-        rps = await run_pool(n, conc, get)
-    await runner.cleanup()
-    return rps
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor_server.py"), str(port),
+                             str(pki / "apiserver.crt"), str(pki / "apiserver.key")], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl, limit=conc)) as s:
+            async def get(_i):
+                async with s.get(f"https://127.0.0.1:{port}/api/v1/namespaces/default/pods/floor") as r:
+                    await r.read()
+            return await run_pool(n, conc, get)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 async def main() -> None:
@@ -219,9 +213,7 @@ async def main() -> None:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        server_ssl.load_cert_chain(str(pki / "apiserver.crt"), str(pki / "apiserver.key"))
-        floor = await bench_floor(server_ssl, ctx, a.gets, a.concurrency)
+        floor = await bench_floor(pki, ctx, a.gets, a.concurrency)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)

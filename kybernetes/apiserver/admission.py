@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import random
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -22,12 +23,21 @@ IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
 NODE_PORT_RANGE = (30000, 32767)
 
 
+@dataclass(slots=True)
+class Reservation:
+    """Addresses one in-flight write has taken that the watch cache cannot show yet."""
+
+    ips: set[str] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)
+
+
 class Admission:
     def __init__(self, cache: WatchCache, service_cidr: str = "10.96.0.0/12"):
         self.cache = cache
         self.service_net = ipaddress.ip_network(service_cidr)
         self._lock = asyncio.Lock()
-        # Allocated in this process but perhaps not yet seen by the cache.
+        # Allocated by writes in flight: not yet in the cache, and released
+        # (see release) once the write failed or the cache shows it.
         self._recent_ips: set[str] = set()
         self._recent_ports: set[int] = set()
 
@@ -35,7 +45,7 @@ class Admission:
         e = self.cache.cache("/registry/namespaces/").objects.get("/registry/namespaces/" + name)
         return orjson.loads(e.raw) if e else None
 
-    async def admit_create(self, kind: Kind, obj: dict, user: str) -> None:
+    async def admit_create(self, kind: Kind, obj: dict, user: str) -> Reservation | None:
         meta = obj["metadata"]
         if kind.namespaced:
             ns = meta.get("namespace") or ""
@@ -50,11 +60,27 @@ class Admission:
                     f"{kind.plural}{'.' + kind.group if kind.group else ''} \"{meta.get('name', '')}\" is "
                     f"forbidden: unable to create new content in namespace {ns} because it is being terminated")
         if kind.kind == "Service" and not kind.group:
-            await self._allocate_service(obj, None)
+            return await self._allocate_service(obj, None)
+        return None
 
-    async def admit_update(self, kind: Kind, new: dict, old: dict, user: str) -> None:
+    async def admit_update(self, kind: Kind, new: dict, old: dict, user: str) -> Reservation | None:
         if kind.kind == "Service" and not kind.group:
-            await self._allocate_service(new, old)
+            return await self._allocate_service(new, old)
+        return None
+
+    async def release(self, res: Reservation | None, written_rev: int | None) -> None:
+        """End a write's reservation: at once if nothing was written, else once the cache has the object.
+
+        Until then the addresses stay taken, so two racing creates never get
+        the same one; afterwards the cache alone says what is in use, so a
+        deleted Service's address can be had again.
+        """
+        if res is None:
+            return
+        if written_rev:
+            await self.cache.wait_for(written_rev, 5.0)
+        self._recent_ips -= res.ips
+        self._recent_ports -= res.ports
 
     async def admit_delete(self, kind: Kind, obj: dict, user: str) -> None:
         if kind.kind == "Namespace" and not kind.group:
@@ -62,9 +88,6 @@ class Admission:
             if name in IMMORTAL_NAMESPACES:
                 raise errors.forbidden_error(f'namespaces "{name}" is forbidden: this namespace may not be '
                                              f'deleted')
-
-    async def after_create(self, kind: Kind, obj: dict) -> None:
-        pass
 
     # ------------------------------------------------------------ services
 
@@ -81,11 +104,20 @@ class Admission:
                     ports.add(p["nodePort"])
         return ips, ports
 
-    async def _allocate_service(self, svc: dict, old: dict | None) -> None:
+    async def _allocate_service(self, svc: dict, old: dict | None) -> Reservation:
         spec = svc.setdefault("spec", {})
         typ = spec.get("type", "ClusterIP")
+        res = Reservation()
         async with self._lock:
             used_ips, used_ports = self._used()
+            asked_ip = spec.get("clusterIP")
+            asked_ports = [p.get("nodePort") for p in spec.get("ports") or [] if isinstance(p, dict)]
+            if old is None and (asked_ip not in (None, "", "None") and asked_ip in used_ips
+                                or any(p in used_ports for p in asked_ports if p)):
+                # A requested address looks taken; the cache may just not have
+                # seen the delete that freed it yet.
+                await self.cache.fresh()
+                used_ips, used_ports = self._used()
             old_spec = (old or {}).get("spec") or {}
             if old is not None:
                 for ip in old_spec.get("clusterIPs") or []:
@@ -118,12 +150,21 @@ class Admission:
                     raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
                         "spec.clusterIPs[0]", ip, "provided IP is already allocated")])
                 spec["clusterIPs"] = [ip]
-                self._recent_ips.add(ip)
+                if ip not in (old_spec.get("clusterIPs") or []):
+                    res.ips.add(ip)
             else:
                 ip = self._free_ip(used_ips)
+                if ip is None:
+                    # Full as far as the cache knows; it may not have seen
+                    # the deletes that just freed some addresses.
+                    await self.cache.fresh()
+                    ip = self._free_ip(self._used()[0])
+                if ip is None:
+                    raise errors.StatusError(500, "InternalError", "Internal error occurred: failed to allocate a "
+                                             "serviceIP: range is full")
                 spec["clusterIP"] = ip
                 spec["clusterIPs"] = [ip]
-                self._recent_ips.add(ip)
+                res.ips.add(ip)
             if typ != "ExternalName" and spec.get("clusterIP") != "None":
                 spec.setdefault("ipFamilies", ["IPv6" if ":" in spec["clusterIP"] else "IPv4"])
                 spec.setdefault("ipFamilyPolicy", "SingleStack")
@@ -137,15 +178,19 @@ class Admission:
                     elif old is None and p["nodePort"] in used_ports:
                         raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
                             "spec.ports[0].nodePort", p["nodePort"], "provided port is already allocated")])
+                    if p["nodePort"] not in old_ports.values():
+                        res.ports.add(p["nodePort"])
                     used_ports.add(p["nodePort"])
-                    self._recent_ports.add(p["nodePort"])
             else:
                 for p in spec.get("ports") or []:
                     p.pop("nodePort", None)
+            self._recent_ips |= res.ips
+            self._recent_ports |= res.ports
         if typ == "LoadBalancer":
             svc.setdefault("status", {}).setdefault("loadBalancer", {})
+        return res
 
-    def _free_ip(self, used: set[str]) -> str:
+    def _free_ip(self, used: set[str]) -> str | None:
         net = self.service_net
         size = net.num_addresses
         # The first address of the range is reserved for the "kubernetes" service.
@@ -158,8 +203,7 @@ class Admission:
             ip = str(net.network_address + off)
             if ip not in used:
                 return ip
-        raise errors.StatusError(500, "InternalError", "Internal error occurred: failed to allocate a serviceIP: "
-                                 "range is full")
+        return None
 
     def _free_port(self, used: set[int]) -> int:
         lo, hi = NODE_PORT_RANGE

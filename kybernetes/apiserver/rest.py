@@ -14,6 +14,7 @@ import base64
 import copy
 import logging
 import uuid
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,8 +26,8 @@ from ..api import patch as patchlib
 from ..api.errors import FieldError, StatusError
 from ..api.kinds import Kind, Registry
 from ..api.schema import decode_error, get_schema
-from ..api.selectors import FieldSelector, LabelSelector, field_set
-from ..storage.base import Compacted, KeyExists, KeyNotFound, RevisionConflict, Store
+from ..api.selectors import FieldSelector, LabelSelector, supported_fields
+from ..storage.base import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionConflict, Store
 from .admission import Admission
 from .watchcache import Entry, WatchCache, splice_rv
 
@@ -99,6 +100,39 @@ class ListOptions:
         self.watch = query.get("watch", "") in ("true", "1", "True")
         self.bookmarks = query.get("allowWatchBookmarks", "") in ("true", "1", "True")
         self.send_initial = query.get("sendInitialEvents", "") in ("true", "1", "True")
+        self._check(query.get("sendInitialEvents") is not None)
+
+    def _check(self, initial_given: bool) -> None:
+        """Upstream's ListOptions validation: which resourceVersion combinations make sense."""
+        errs: list[FieldError] = []
+        match = self.rv_match
+        if self.watch:
+            if initial_given and match != "NotOlderThan":
+                errs.append(errors.forbidden("resourceVersionMatch", "sendInitialEvents requires setting "
+                                             "resourceVersionMatch to NotOlderThan"))
+            if match:
+                if not initial_given:
+                    errs.append(errors.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden for "
+                                                 "watch unless sendInitialEvents is provided"))
+                if match != "NotOlderThan":
+                    errs.append(errors.not_supported("resourceVersionMatch", match, ["NotOlderThan"]))
+        else:
+            if match:
+                if not self.rv:
+                    errs.append(errors.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden "
+                                                 "unless resourceVersion is provided"))
+                if self.cont:
+                    errs.append(errors.forbidden("resourceVersionMatch", "resourceVersionMatch is forbidden "
+                                                 "when continue is provided"))
+                if match not in ("Exact", "NotOlderThan"):
+                    errs.append(errors.not_supported("resourceVersionMatch", match, ["Exact", "NotOlderThan", ""]))
+                if match == "Exact" and self.rv == "0":
+                    errs.append(errors.forbidden("resourceVersionMatch", 'resourceVersionMatch "exact" is '
+                                                 'forbidden for resourceVersion "0"'))
+            if initial_given:
+                errs.append(errors.forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"))
+        if errs:
+            raise errors.invalid_object("ListOptions", "meta.k8s.io", "", errs)
 
 
 def _parse_rv(rv: str) -> int:
@@ -114,8 +148,12 @@ def _parse_rv(rv: str) -> int:
 class REST:
     """The REST operations for every served kind, backed by one store and one watch cache."""
 
-    def __init__(self, store: Store, cache: WatchCache, registry: Registry, admission: Admission):
+    def __init__(self, store: Store, cache: WatchCache, registry: Registry, admission: Admission,
+                 bookmark_interval: float = 30.0):
         self.store = store
+        # Upstream sends a bookmark about once a minute at most; a quiet
+        # watch here gets one after this many seconds (shorter in tests).
+        self.bookmark_interval = bookmark_interval
         self.cache = cache
         self.registry = registry
         self.admission = admission
@@ -219,24 +257,28 @@ class REST:
         _on_create(kind, obj)
         validation.apply_defaults(kind.kind, kind.group, obj)
         self._validate(kind, obj, None)
-        await self.admission.admit_create(kind, obj, user)
-        name = meta.get("name") or ""
-        if query.get("dryRun") == "All":
-            return 201, self._to_served(kind, orjson.dumps(obj))
-        raw = encode(obj)
-        for attempt in range(8):
-            try:
-                kv = await self.store.create(kind.key(meta.get("namespace"), name), raw)
-                break
-            except KeyExists:
-                if meta.get("generateName") and attempt < 7 and name.startswith(meta["generateName"]):
-                    name = validation_generate_name(meta["generateName"])
-                    obj["metadata"]["name"] = name
-                    raw = encode(obj)
-                    continue
-                raise errors.already_exists(kind.plural, kind.group, name) from None
-        await self.admission.after_create(kind, obj)
-        return 201, self._respond_obj(kind, kv.value, kv.mod_revision)
+        reservation = await self.admission.admit_create(kind, obj, user)
+        written = None
+        try:
+            name = meta.get("name") or ""
+            if query.get("dryRun") == "All":
+                return 201, self._to_served(kind, orjson.dumps(obj))
+            raw = encode(obj)
+            for attempt in range(8):
+                try:
+                    kv = await self.store.create(kind.key(meta.get("namespace"), name), raw)
+                    break
+                except KeyExists:
+                    if meta.get("generateName") and attempt < 7 and name.startswith(meta["generateName"]):
+                        name = validation_generate_name(meta["generateName"])
+                        obj["metadata"]["name"] = name
+                        raw = encode(obj)
+                        continue
+                    raise errors.already_exists(kind.plural, kind.group, name) from None
+            written = kv.mod_revision
+            return 201, self._respond_obj(kind, kv.value, kv.mod_revision)
+        finally:
+            await self.admission.release(reservation, written)
 
     # ---------------------------------------------------------------- read
 
@@ -250,7 +292,7 @@ class REST:
         label, fieldsel = opts.label, opts.field
         if not fieldsel.empty:
             for f, _op, _v in fieldsel.requirements:
-                if f not in _supported_fields(kind):
+                if f not in supported_fields(kind.kind, kind.namespaced):
                     raise errors.bad_request(f'field label not supported: {f}')
         if label.empty and fieldsel.empty:
             return None
@@ -277,14 +319,16 @@ class REST:
             if opts.rv_match == "Exact" or (opts.limit and opts.rv_match != "NotOlderThan"):
                 return await self._list_from_store(kind, ns, opts, match, want, "")
             if not await self.cache.wait_for(want, 3.0):
-                raise StatusError(504, "Timeout", f"Too large resource version: {want}, current: {self.cache.rv}",
-                                  {"causes": [{"reason": "ResourceVersionTooLarge",
-                                               "message": "Too large resource version"}], "retryAfterSeconds": 1})
+                raise _too_large(want, self.cache.rv)
             rev = self.cache.rv
         elif opts.rv == "0":
             rev = self.cache.rv
         else:
-            rev = await self.cache.fresh()
+            await self.cache.fresh()
+            # The cache may be past the revision fresh() waited for; what is
+            # read below is the cache's state, so that is the list's version
+            # (and the one later pages read the store at).
+            rev = self.cache.rv
         c = self.cache.cache(kind.storage_prefix)
         entries = c.entries(ns if kind.namespaced else None)
         if match is not None:
@@ -313,7 +357,11 @@ class REST:
             try:
                 kvs, read_rev, more = await self.store.list(prefix, revision=rev, limit=opts.limit or 0,
                                                             start_key=start_key)
+            except FutureRevision:
+                raise _too_large(rev, await self.store.current_revision()) from None
             except Compacted:
+                if not start:
+                    raise errors.gone("The resourceVersion for the provided list is too old.") from None
                 raise errors.gone("The provided continue parameter is too old to display a consistent list "
                                   "result. You can start a new list without the continue parameter, or use "
                                   "the continue token in this response to retrieve the remainder of the "
@@ -379,8 +427,16 @@ class REST:
                 for ev in evs:
                     w.deliver(ev)
         else:
-            # No resourceVersion (or "0"): synthetic ADDED events for the
-            # current state, then changes, as upstream.
+            # No resourceVersion (or "0", or sendInitialEvents): synthetic
+            # ADDED events for the current state, then changes, as upstream.
+            # That state is the latest for "", at least the one asked for
+            # with sendInitialEvents, and whatever the cache has for "0".
+            if not opts.rv:
+                await self.cache.fresh()
+            elif opts.rv != "0":
+                want = _parse_rv(opts.rv)
+                if not await self.cache.wait_for(want, 3.0):
+                    raise _too_large(want, self.cache.rv)
             c.watchers.add(w)
             for e in sorted(c.entries(ns_filter), key=lambda e: e.key):
                 if match(e):
@@ -429,7 +485,10 @@ class REST:
         if ct not in ("application/json-patch+json", "application/merge-patch+json",
                       "application/strategic-merge-patch+json", "application/apply-patch+yaml",
                       "application/apply-patch+cbor"):
-            raise StatusError(415, "UnsupportedMediaType", f"the server does not support patch type {ct!r}")
+            raise StatusError(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                              "accepted media types include: application/json-patch+json, "
+                              "application/merge-patch+json, application/apply-patch+yaml, "
+                              "application/strategic-merge-patch+json")
         if ct == "application/apply-patch+yaml":
             return await self.apply(kind, ns, name, body, query, warnings, subresource, user)
         try:
@@ -502,7 +561,10 @@ class REST:
 
     async def _guaranteed_update(self, kind: Kind, ns: str | None, name: str, mutate, query: dict[str, str],
                                  subresource: str, user: str, retry: bool) -> tuple[int, bytes]:
-        for _attempt in range(20):
+        # As upstream's GuaranteedUpdate, retry for as long as others win the
+        # race: every conflict means some other write made progress, and a cap
+        # would fail unconditional writes under contention.
+        while True:
             cur, cur_rev = await self._get_current(kind, ns, name)
             new = mutate(cur)
             new = self._to_storage(kind, new)
@@ -510,38 +572,53 @@ class REST:
             _normalize(kind, new)
             if subresource not in ("status", "finalize"):
                 validation.apply_defaults(kind.kind, kind.group, new)
-            self._validate(kind, new, cur)
-            await self.admission.admit_update(kind, new, cur, user)
-            new_meta = new["metadata"]
-            cur_cmp = dict(cur)
-            cur_cmp["metadata"] = {k: v for k, v in cur["metadata"].items() if k != "resourceVersion"}
-            new_cmp = dict(new)
-            new_cmp["metadata"] = {k: v for k, v in new_meta.items() if k != "resourceVersion"}
-            if query.get("dryRun") == "All":
-                return 200, self._to_served(kind, orjson.dumps(new))
-            if encode(new_cmp) == encode(cur_cmp):
-                # No-op writes are not written, as upstream: resourceVersion stays.
-                return 200, self._to_served(kind, orjson.dumps(cur))
-            if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and \
-                    not _namespace_spec_finalizers(kind, new):
-                try:
-                    kv = await self.store.delete(kind.key(ns, name), cur_rev)
-                except RevisionConflict:
-                    continue
-                except KeyNotFound:
-                    raise errors.not_found(kind.plural, kind.group, name) from None
-                new_meta["resourceVersion"] = str(kv.mod_revision)
-                return 200, self._to_served(kind, orjson.dumps(new))
+            if subresource != "binding":
+                # A binding is the server's own write of the one field a pod
+                # update may never change (spec.nodeName), as upstream's
+                # BindingREST, which does not run pod update validation.
+                self._validate(kind, new, cur)
+            reservation = await self.admission.admit_update(kind, new, cur, user)
+            written = None
             try:
-                kv = await self.store.update(kind.key(ns, name), encode(new), cur_rev)
+                done, written, out = await self._write_update(kind, ns, name, new, cur, cur_rev, query, retry)
+            finally:
+                await self.admission.release(reservation, written)
+            if done:
+                return out
+
+    async def _write_update(self, kind: Kind, ns: str | None, name: str, new: dict, cur: dict, cur_rev: int,
+                            query: dict[str, str], retry: bool) -> tuple[bool, int | None, tuple[int, bytes]]:
+        """One attempt at writing an update: (done, revision written, response); not done means retry."""
+        new_meta = new["metadata"]
+        cur_cmp = dict(cur)
+        cur_cmp["metadata"] = {k: v for k, v in cur["metadata"].items() if k != "resourceVersion"}
+        new_cmp = dict(new)
+        new_cmp["metadata"] = {k: v for k, v in new_meta.items() if k != "resourceVersion"}
+        if query.get("dryRun") == "All":
+            return True, None, (200, self._to_served(kind, orjson.dumps(new)))
+        if encode(new_cmp) == encode(cur_cmp):
+            # No-op writes are not written, as upstream: resourceVersion stays.
+            return True, None, (200, self._to_served(kind, orjson.dumps(cur)))
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and \
+                not _namespace_spec_finalizers(kind, new):
+            # The last finalizer is gone: the update completes the deletion.
+            try:
+                kv = await self.store.delete(kind.key(ns, name), cur_rev)
             except RevisionConflict:
-                if retry:
-                    continue
-                raise errors.stale_conflict(kind.plural, kind.group, name) from None
+                return False, None, (0, b"")
             except KeyNotFound:
                 raise errors.not_found(kind.plural, kind.group, name) from None
-            return 200, self._respond_obj(kind, kv.value, kv.mod_revision)
-        raise errors.stale_conflict(kind.plural, kind.group, name)
+            new_meta["resourceVersion"] = str(kv.mod_revision)
+            return True, None, (200, self._to_served(kind, orjson.dumps(new)))
+        try:
+            kv = await self.store.update(kind.key(ns, name), encode(new), cur_rev)
+        except RevisionConflict:
+            if retry:
+                return False, None, (0, b"")
+            raise errors.stale_conflict(kind.plural, kind.group, name) from None
+        except KeyNotFound:
+            raise errors.not_found(kind.plural, kind.group, name) from None
+        return True, kv.mod_revision, (200, self._respond_obj(kind, kv.value, kv.mod_revision))
 
     def _prepare_update(self, kind: Kind, new: dict, cur: dict, subresource: str) -> dict:
         nm = new.setdefault("metadata", {})
@@ -569,7 +646,8 @@ class REST:
                     meta.pop(k, None)
             out["metadata"] = meta
             return out
-        if has_status:
+        # A binding writes the PodScheduled condition along with spec.nodeName.
+        if has_status and subresource != "binding":
             if "status" in cur:
                 new["status"] = cur["status"]
             else:
@@ -595,16 +673,34 @@ class REST:
                 raise errors.bad_request("invalid DeleteOptions body")
         for q in ("gracePeriodSeconds", "propagationPolicy", "orphanDependents"):
             if q in query and q not in opts:
-                opts[q] = int(query[q]) if q == "gracePeriodSeconds" else query[q]
+                opts[q] = query[q]
+        if isinstance(opts.get("gracePeriodSeconds"), str):
+            try:
+                opts["gracePeriodSeconds"] = int(opts["gracePeriodSeconds"])
+            except ValueError:
+                raise errors.bad_request(f'invalid gracePeriodSeconds: "{opts["gracePeriodSeconds"]}"') from None
+        orphan = opts.get("orphanDependents")
+        if isinstance(orphan, str):
+            orphan = {"true": True, "false": False}.get(orphan, orphan)
         policy = opts.get("propagationPolicy")
+        bad: list[FieldError] = []
+        if orphan is not None and policy is not None:
+            bad.append(errors.invalid("propagationPolicy", policy, "orphanDependents and deletionPropagation "
+                                      "cannot be both set"))
         if policy not in (None, "Orphan", "Background", "Foreground"):
-            raise errors.invalid_object("DeleteOptions", "", "", [errors.not_supported(
-                "propagationPolicy", policy, ["Foreground", "Background", "Orphan", "nil"])])
-        if opts.get("orphanDependents") in (True, "true"):
+            bad.append(errors.not_supported("propagationPolicy", policy,
+                                            ["Foreground", "Background", "Orphan", "nil"]))
+        if bad:
+            raise errors.invalid_object("DeleteOptions", "meta.k8s.io", "", bad)
+        if orphan is True:
             policy = "Orphan"
+        # Upstream answers 200 with the object still being deleted, and 202
+        # only when the (deprecated) orphanDependents=false asked for a
+        # cascading delete that did not finish at once.
+        pending = 202 if orphan is False else 200
         pre = opts.get("preconditions") or {}
         dry = query.get("dryRun") == "All" or opts.get("dryRun") == ["All"]
-        for _attempt in range(20):
+        while True:  # retried on conflict like _guaranteed_update
             cur, cur_rev = await self._get_current(kind, ns, name)
             m = cur["metadata"]
             if pre.get("uid") and pre["uid"] != m.get("uid"):
@@ -637,7 +733,7 @@ class REST:
                 if dry:
                     return 200, self._to_served(kind, orjson.dumps(new))
                 if new == cur:
-                    return 202, self._to_served(kind, orjson.dumps(cur))
+                    return pending, self._to_served(kind, orjson.dumps(cur))
                 if not finalizers and not _namespace_spec_finalizers(kind, new) and grace == 0:
                     pass
                 else:
@@ -647,8 +743,7 @@ class REST:
                         continue
                     except KeyNotFound:
                         raise errors.not_found(kind.plural, kind.group, name) from None
-                    return 202 if finalizers or kind.kind == "Namespace" else 200, \
-                        self._respond_obj(kind, kv.value, kv.mod_revision)
+                    return pending, self._respond_obj(kind, kv.value, kv.mod_revision)
             if dry:
                 return 200, self._to_served(kind, orjson.dumps(cur))
             try:
@@ -658,7 +753,6 @@ class REST:
             except KeyNotFound:
                 raise errors.not_found(kind.plural, kind.group, name) from None
             return 200, self._respond_obj(kind, kv.value, kv.mod_revision)
-        raise errors.stale_conflict(kind.plural, kind.group, name)
 
     def _grace(self, kind: Kind, obj: dict, opts: dict) -> int:
         """Graceful deletion applies to pods a kubelet is running; everything else goes at once."""
@@ -772,15 +866,18 @@ class REST:
 
 
 class _WatchStream:
-    """Async iterator over one watch's encoded events, with bookmarks and timeout."""
+    """Async iterator over one watch's encoded events, with bookmarks and timeout.
 
-    BOOKMARK_EVERY = 30.0
+    Each item is exactly one event (see Response.stream): the in-process
+    transport hands items to the client as events, and the HTTP front door
+    writes them as they come.
+    """
 
     def __init__(self, rest: REST, kind: Kind, w, initial: list[bytes], opts: ListOptions, convert: bool):
         self.rest = rest
         self.kind = kind
         self.w = w
-        self.pending = initial
+        self.pending: deque[bytes] = deque(initial)
         self.opts = opts
         self.convert = convert
         loop = asyncio.get_running_loop()
@@ -792,25 +889,25 @@ class _WatchStream:
     def close(self) -> None:
         self.w.close()
 
-    def _conv(self, chunk: list[bytes]) -> list[bytes]:
+    async def aclose(self) -> None:
+        # The name async-iterator consumers (the client's in-process
+        # transport) call to say they are done: unregister the watcher.
+        self.w.close()
+
+    def _conv(self, line: bytes) -> bytes:
         if not self.convert:
-            return chunk
-        out = []
-        for line in chunk:
-            ev = orjson.loads(line)
-            if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                ev["object"] = conversion.convert(ev["object"], self.kind.api_version)
-            out.append(orjson.dumps(ev) + b"\n")
-        return out
+            return line
+        ev = orjson.loads(line)
+        if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+            ev["object"] = conversion.convert(ev["object"], self.kind.api_version)
+        return orjson.dumps(ev) + b"\n"
 
     async def __anext__(self) -> bytes:
         if self.pending:
-            data = b"".join(self._conv(self.pending))
-            self.pending = []
-            return data
+            return self._conv(self.pending.popleft())
         loop = asyncio.get_running_loop()
         while True:
-            wait = self.BOOKMARK_EVERY
+            wait = self.rest.bookmark_interval
             if self.deadline is not None:
                 left = self.deadline - loop.time()
                 if left <= 0:
@@ -821,7 +918,8 @@ class _WatchStream:
             if chunk is None:
                 raise StopAsyncIteration
             if chunk:
-                return b"".join(self._conv(chunk))
+                self.pending.extend(chunk)
+                return self._conv(self.pending.popleft())
             if self.opts.bookmarks and (self.deadline is None or self.deadline - loop.time() > 0):
                 return self.rest._bookmark(self.kind, self.w.last_rv or self.rest.cache.rv)
 
@@ -892,6 +990,12 @@ def _on_create(kind: Kind, obj: dict) -> None:
         spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
 
 
+def _too_large(want: int, current: int) -> StatusError:
+    return StatusError(504, "Timeout", f"Too large resource version: {want}, current: {current}",
+                       {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                        "retryAfterSeconds": 1})
+
+
 def _continue_token(rev: int, last_key: str) -> str:
     return base64.b64encode(orjson.dumps({"v": "meta.k8s.io/v1", "rv": rev, "start": last_key + "\x00"})).decode()
 
@@ -903,14 +1007,6 @@ def _ts_after(seconds: int) -> str:
 
 def _namespace_spec_finalizers(kind: Kind, obj: dict) -> bool:
     return kind.kind == "Namespace" and not kind.group and bool((obj.get("spec") or {}).get("finalizers"))
-
-
-def _supported_fields(kind: Kind) -> set[str]:
-    return _FIELDS_CACHE.setdefault((kind.group, kind.kind), set(field_set(kind.kind, {}).keys())
-                                     | {"metadata.name", "metadata.namespace"})
-
-
-_FIELDS_CACHE: dict[tuple[str, str], set[str]] = {}
 
 
 def validation_generate_name(base: str) -> str:

@@ -47,14 +47,17 @@ def _status_ok(details: dict[str, Any] | None = None) -> bytes:
 
 class APIServer:
     def __init__(self, store: Store, *, registry: Registry | None = None, service_cidr: str = "10.96.0.0/12",
-                 advertise: str = "127.0.0.1:6443"):
+                 advertise: str = "127.0.0.1:6443", watch_cache_window: int = 10000,
+                 bookmark_interval: float = 30.0):
+        """watch_cache_window: events kept per resource for watches to resume from;
+        bookmark_interval: seconds of quiet after which a watch asking for bookmarks gets one."""
         self.store = store
         self.registry = registry or builtin_registry()
         self.service_cidr = service_cidr
         self.advertise = advertise
-        self.cache = WatchCache(store, fields_for=self._fields_for)
+        self.cache = WatchCache(store, window=watch_cache_window, fields_for=self._fields_for)
         self.admission = Admission(self.cache, service_cidr)
-        self.rest = REST(store, self.cache, self.registry, self.admission)
+        self.rest = REST(store, self.cache, self.registry, self.admission, bookmark_interval=bookmark_interval)
         self.schema = get_schema()
         self._discovery: dict[str, bytes] = {}
         self._openapi: dict[str, bytes] = {}

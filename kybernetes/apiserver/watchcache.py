@@ -218,6 +218,9 @@ class WatchCache:
         self.window = window
         self.caches: dict[str, ResourceCache] = {}
         self.rv = 0
+        # The revision of the last full list: every event after it went
+        # through _run, so a resource without a cache yet has had none since.
+        self.base_rv = 0
         self._rv_waiters: list[tuple[int, asyncio.Future]] = []
         self._task: asyncio.Task | None = None
         self._fields_for = fields_for or (lambda prefix: None)
@@ -233,13 +236,15 @@ class WatchCache:
         c = self.caches.get(prefix)
         if c is None:
             c = ResourceCache(prefix, self.window, self._fields_for(prefix))
-            # A cache made now has seen nothing before the current revision.
-            c.oldest_rv = self.rv
+            # No event under this prefix since the last full list (it would
+            # have made the cache), so the window reaches back to that list.
+            c.oldest_rv = self.base_rv
             self.caches[prefix] = c
         return c
 
     async def start(self) -> None:
         kvs, rev, _ = await self.store.list("/registry/")
+        self.base_rv = rev
         for kv in kvs:
             c = self.cache(self.prefix_of(kv.key))
             c.objects[kv.key] = make_entry(kv, kv.mod_revision, c.fields_fn)
@@ -291,6 +296,7 @@ class WatchCache:
                 w.close()
             c.objects.clear()
             c.events.clear()
+        self.base_rv = rev
         for kv in kvs:
             c = self.cache(self.prefix_of(kv.key))
             c.objects[kv.key] = make_entry(kv, kv.mod_revision, c.fields_fn)

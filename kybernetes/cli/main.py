@@ -43,7 +43,9 @@ async def run_server(args: argparse.Namespace) -> int:
     pki = PKI(data / "pki")
     hosts = sorted({"127.0.0.1", "localhost", "::1", args.bind, *(args.tls_san or [])} - {"0.0.0.0", "::"})
     pki.ensure(hosts)
-    store = open_store(args.store or str(data / "state.db"))
+    # The API server's watch cache is the store's only watcher and never lags far,
+    # so a small in-memory event window is enough; older history stays on disk.
+    store = open_store(args.store or str(data / "state.db"), ring_size=1000)
     host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     advertise = f"{host_for_url}:{args.port}"
     api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise)

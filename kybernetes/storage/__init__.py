@@ -51,12 +51,13 @@ __all__ = [
 ]
 
 
-def open_store(url_or_path: str | os.PathLike[str]) -> Store:
+def open_store(url_or_path: str | os.PathLike[str], **options: int) -> Store:
     """Open the store named by a path or URL.
 
     A plain path names the SQLite file ("kybernetes.db" inside it if it is a
     directory); "sqlite:///abs/file.db" is the URL form of the same (absolute path,
-    as URLs have it). Parent directories are created.
+    as URLs have it). Parent directories are created. Options go to the backend
+    (e.g. ring_size for SQLite's in-memory window of recent events).
     """
     target = os.fspath(url_or_path)
     if "://" in target:
@@ -74,4 +75,4 @@ def open_store(url_or_path: str | os.PathLike[str]) -> Store:
     os.makedirs(parent, exist_ok=True)
     from kybernetes.storage.sqlite import SqliteStore
 
-    return SqliteStore(target)
+    return SqliteStore(target, **options)
