@@ -39,6 +39,8 @@ class Kind:
     scale_spec_path: str = "spec.replicas"
     scale_status_path: str = "status.replicas"
     has_spec: bool = True
+    # An immediate DELETE answers with the deleted object rather than a Status.
+    return_deleted: bool = False
     verbs: tuple[str, ...] = ALL_VERBS
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -88,14 +90,17 @@ def _k(group: str, version: str, kind: str, plural: str, **kw) -> None:
 _ALL = ("all",)
 # core/v1
 _k("", "v1", "Namespace", "namespaces", namespaced=False, short_names=("ns",), subresources=("status", "finalize"),
-   has_spec=False)
-_k("", "v1", "Pod", "pods", short_names=("po",), categories=_ALL, subresources=("status", "binding"))
+   has_spec=False, return_deleted=True)
+# Pods carry no metadata.generation in 1.32.
+_k("", "v1", "Pod", "pods", short_names=("po",), categories=_ALL, subresources=("status", "binding"),
+   has_spec=False, return_deleted=True)
 _k("", "v1", "Node", "nodes", namespaced=False, short_names=("no",), subresources=("status",))
-_k("", "v1", "Service", "services", short_names=("svc",), categories=_ALL, subresources=("status",))
+_k("", "v1", "Service", "services", short_names=("svc",), categories=_ALL, subresources=("status",),
+   return_deleted=True)
 _k("", "v1", "Endpoints", "endpoints", short_names=("ep",), has_spec=False)
 _k("", "v1", "ConfigMap", "configmaps", short_names=("cm",), has_spec=False)
 _k("", "v1", "Secret", "secrets", has_spec=False)
-_k("", "v1", "ServiceAccount", "serviceaccounts", short_names=("sa",), has_spec=False)
+_k("", "v1", "ServiceAccount", "serviceaccounts", short_names=("sa",), has_spec=False, return_deleted=True)
 _k("", "v1", "Event", "events", short_names=("ev",), has_spec=False)
 _k("", "v1", "PersistentVolume", "persistentvolumes", namespaced=False, short_names=("pv",),
    subresources=("status",))
@@ -128,7 +133,8 @@ _k("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", s
 _k("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", short_names=("hpa",),
    categories=_ALL, subresources=("status",), storage_version="autoscaling/v2")
 # storage, policy, scheduling, rbac
-_k("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short_names=("sc",), has_spec=False)
+_k("storage.k8s.io", "v1", "StorageClass", "storageclasses", namespaced=False, short_names=("sc",), has_spec=False,
+   return_deleted=True)
 _k("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", short_names=("pdb",), subresources=("status",))
 _k("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", namespaced=False, short_names=("pc",),
    has_spec=False)

@@ -26,7 +26,7 @@ from ..api import patch as patchlib
 from ..api.errors import FieldError, StatusError
 from ..api.kinds import Kind, Registry
 from ..api.schema import decode_error, get_schema
-from ..api.selectors import FieldSelector, LabelSelector, supported_fields
+from ..api.selectors import selector_string, FieldSelector, LabelSelector, supported_fields
 from ..storage.base import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionConflict, Store
 from .admission import Admission
 from .watchcache import Entry, WatchCache, splice_rv
@@ -662,7 +662,7 @@ class REST:
     # ---------------------------------------------------------------- delete
 
     async def delete(self, kind: Kind, ns: str | None, name: str, body: bytes, query: dict[str, str],
-                     user: str = "") -> tuple[int, bytes]:
+                     user: str = "", status_response: bool = True) -> tuple[int, bytes]:
         opts: dict[str, Any] = {}
         if body:
             try:
@@ -752,7 +752,14 @@ class REST:
                 continue
             except KeyNotFound:
                 raise errors.not_found(kind.plural, kind.group, name) from None
-            return 200, self._respond_obj(kind, kv.value, kv.mod_revision)
+            if kind.return_deleted or not status_response:
+                return 200, self._respond_obj(kind, kv.value, kv.mod_revision)
+            # Most kinds answer an immediate delete with a Status, as upstream.
+            details = {"name": name, "kind": kind.plural, "uid": m.get("uid")}
+            if kind.group:
+                details["group"] = kind.group
+            return 200, orjson.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                      "details": details})
 
     def _grace(self, kind: Kind, obj: dict, opts: dict) -> int:
         """Graceful deletion applies to pods a kubelet is running; everything else goes at once."""
@@ -777,7 +784,8 @@ class REST:
         deleted = []
         for e in entries:
             try:
-                _, raw = await self.delete(kind, e.namespace or None, e.name, body, query, user)
+                _, raw = await self.delete(kind, e.namespace or None, e.name, body, query, user,
+                                           status_response=False)
                 deleted.append(raw)
             except StatusError as err:
                 if err.code != 404:
@@ -1034,7 +1042,7 @@ def _scale_of(kind: Kind, obj: dict) -> dict:
     selector = spec.get("selector")
     if isinstance(selector, dict):
         if "matchLabels" in selector or "matchExpressions" in selector:
-            sel = _selector_string(selector)
+            sel = selector_string(selector)
         else:
             sel = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     out = {"kind": "Scale", "apiVersion": "autoscaling/v1",
@@ -1046,20 +1054,3 @@ def _scale_of(kind: Kind, obj: dict) -> dict:
     if sel:
         out["status"]["selector"] = sel
     return out
-
-
-def _selector_string(sel: dict) -> str:
-    parts = [f"{k}={v}" for k, v in sorted((sel.get("matchLabels") or {}).items())]
-    for e in sel.get("matchExpressions") or []:
-        op = e.get("operator")
-        key = e.get("key")
-        vals = ",".join(sorted(e.get("values") or []))
-        if op == "In":
-            parts.append(f"{key} in ({vals})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({vals})")
-        elif op == "Exists":
-            parts.append(key)
-        elif op == "DoesNotExist":
-            parts.append("!" + key)
-    return ",".join(parts)

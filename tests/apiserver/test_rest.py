@@ -157,12 +157,23 @@ async def test_finalizer_removed_by_update_deletes(client: Client) -> None:
     assert ei.value.code == 404
 
 
-async def test_delete_without_finalizers_returns_object_and_removes(api: APIServer, client: Client) -> None:
-    await cms(client).create(cm("plain"))
+async def test_delete_without_finalizers_returns_status_and_removes(api: APIServer, client: Client) -> None:
+    created = await cms(client).create(cm("plain"))
     code, body = await call(api, "DELETE", CMS + "/plain")
-    assert code == 200 and body["metadata"]["name"] == "plain"
+    # ConfigMaps answer with a Status naming what went, as upstream.
+    assert code == 200 and body["kind"] == "Status" and body["status"] == "Success"
+    assert body["details"] == {"name": "plain", "kind": "configmaps", "uid": created["metadata"]["uid"]}
     code, st = await call(api, "DELETE", CMS + "/plain")
     assert code == 404 and st["message"] == 'configmaps "plain" not found'
+
+
+async def test_delete_pod_returns_the_deleted_object(api: APIServer, client: Client) -> None:
+    pods = client.resource("v1", "pods")
+    await pods.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gone", "namespace": "default"},
+                       "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    code, body = await call(api, "DELETE", "/api/v1/namespaces/default/pods/gone")
+    assert code == 200 and body["kind"] == "Pod" and body["metadata"]["name"] == "gone"
+    assert "generation" not in body["metadata"]
 
 
 async def test_delete_preconditions(api: APIServer, client: Client) -> None:
