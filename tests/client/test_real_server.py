@@ -133,7 +133,7 @@ async def test_crud(env: Env) -> None:
     dry = await rc.create(cm("dry"), dry_run=True)
     assert dry["metadata"]["name"] == "dry"
     deleted = await rc.delete("a")
-    assert deleted["metadata"]["name"] == "a"
+    assert deleted["kind"] == "Status" and deleted["details"]["name"] == "a"
     with pytest.raises(StatusError) as ei:
         await rc.get("a")
     assert ei.value.code == 404 and ei.value.message == 'configmaps "a" not found'
