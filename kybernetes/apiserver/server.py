@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
-from ..api import errors
+from ..api import errors, openapi_pb
 from ..api.errors import StatusError
 from ..api.kinds import Kind, Registry, builtin_registry
 from ..api.schema import ServedResource, get_schema
@@ -160,8 +160,14 @@ class APIServer:
             return self._json(version_info())
         if path == "/openapi/v2":
             accept = req.headers.get("accept", "")
+            if openapi_pb.wants_protobuf(accept):
+                # kubectl before 1.29 reads only this protobuf form for apply and explain.
+                pb_doc = await asyncio.to_thread(openapi_pb.cached_openapi_v2_protobuf, self._openapi_v2())
+                if pb_doc is not None:
+                    return Response(200, pb_doc, openapi_pb.CONTENT_TYPE)
             if "protobuf" in accept and "json" not in accept:
-                # We serve the JSON form only; kubectl falls back (and prefers v3 anyway).
+                # No kubectl with the gnostic descriptors on this machine: kubectl falls back (and
+                # 1.29+ prefers /openapi/v3 anyway).
                 return Response(406, errors.StatusError(406, "NotAcceptable", "only application/json is "
                                                         "served").to_bytes(), JSON)
             return Response(200, self._openapi_v2(), JSON)

@@ -232,3 +232,23 @@ def test_kill_9_loses_nothing_acknowledged(tmp_path: Path):
 def test_wait_for(server: Server):
     # a smoke check of the polling helper against the live server
     assert wait_for(lambda: server.kubectl("get", "ns", "default", check=False).returncode == 0)
+
+
+def test_watch_table_output(server: Server):
+    server.kubectl("create", "namespace", "watchtable")
+    env = dict(os.environ, KUBECONFIG=str(server.kubeconfig))
+    w = subprocess.Popen([KUBECTL, "get", "cm", "-n", "watchtable", "-w"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        server.kubectl("create", "configmap", "t1", "-n", "watchtable", "--from-literal=a=b")
+        server.kubectl("create", "configmap", "t2", "-n", "watchtable", "--from-literal=a=b")
+        lines: list[str] = []
+        assert w.stdout is not None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(ln.startswith("t2") for ln in lines):
+            lines.append(w.stdout.readline())
+    finally:
+        w.terminate()
+        w.communicate(timeout=10)
+    assert lines[0].split() == ["NAME", "DATA", "AGE"], lines
+    assert any(ln.split()[:2] == ["t1", "1"] for ln in lines) and any(ln.startswith("t2") for ln in lines)
