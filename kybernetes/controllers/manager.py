@@ -1,7 +1,7 @@
 """The controller manager: builds and runs the built-in controllers of a server.
 
 In `kyb server` the controllers talk to the API server through the in-process
-transport; `ControllerManager(client)` takes any Client, so the same
+transport; `ControllerManager(client, ...)` takes any Client, so the same
 controllers run as a separate process against a remote server.
 """
 
@@ -12,15 +12,19 @@ import logging
 
 from ..client import Client
 from .base import Controller
+from .garbagecollector import GarbageCollector
 from .namespace import NamespaceController
 
 log = logging.getLogger("kybernetes.controllers")
 
 
 class ControllerManager:
-    def __init__(self, client: Client, namespaced_resources: list[tuple[str, str]]):
+    def __init__(self, client: Client, resources: list[tuple[str, str, bool]]):
+        """resources: (apiVersion, plural, namespaced) of every served resource, one per storage."""
         self.client = client
-        self.controllers: list[Controller] = [NamespaceController(client, namespaced_resources)]
+        namespaced = [(av, plural) for av, plural, ns in resources if ns]
+        self.controllers: list[Controller] = [NamespaceController(client, namespaced),
+                                              GarbageCollector(client, resources)]
 
     @classmethod
     def in_process(cls, api) -> ControllerManager:
@@ -28,9 +32,12 @@ class ControllerManager:
         seen: set[str] = set()
         resources = []
         for k in api.registry.kinds:
-            if k.namespaced and k.storage_prefix not in seen:
+            if k.storage_prefix not in seen:
                 seen.add(k.storage_prefix)
-                resources.append((k.api_version, k.plural))
+                resources.append((k.api_version, k.plural, k.namespaced))
+        # Propagation finalizers (orphan, foregroundDeletion) are only added
+        # when a garbage collector is there to remove them.
+        api.rest.gc_enabled = True
         return cls(client, resources)
 
     async def start(self) -> None:

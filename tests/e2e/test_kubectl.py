@@ -252,3 +252,25 @@ def test_watch_table_output(server: Server):
         w.communicate(timeout=10)
     assert lines[0].split() == ["NAME", "DATA", "AGE"], lines
     assert any(ln.split()[:2] == ["t1", "1"] for ln in lines) and any(ln.startswith("t2") for ln in lines)
+
+
+def test_delete_cascade_modes(server: Server):
+    server.kubectl("create", "namespace", "cascade")
+    for mode in ("background", "orphan", "foreground"):
+        server.kubectl("create", "deployment", f"own-{mode}", "-n", "cascade", "--image=busybox")
+        owner = server.kjson("get", "deploy", f"own-{mode}", "-n", "cascade")
+        dep = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": f"dep-{mode}", "namespace": "cascade",
+                            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": f"own-{mode}", "uid": owner["metadata"]["uid"],
+                                                 "blockOwnerDeletion": True}]}}
+        server.kubectl("apply", "-f", "-", input=json.dumps(dep))
+        server.kubectl("delete", "deploy", f"own-{mode}", "-n", "cascade", f"--cascade={mode}", "--timeout=30s")
+        gone = server.kubectl("get", "deploy", f"own-{mode}", "-n", "cascade", check=False)
+        assert gone.returncode != 0
+    # Orphaned dependents stay, without the reference; the others are collected.
+    orphan = server.kjson("get", "cm", "dep-orphan", "-n", "cascade")
+    assert not orphan["metadata"].get("ownerReferences")
+    for mode in ("background", "foreground"):
+        wait_for(lambda mode=mode: server.kubectl("get", "cm", f"dep-{mode}", "-n", "cascade",
+                                                  check=False).returncode != 0)
