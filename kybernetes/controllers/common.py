@@ -1,0 +1,133 @@
+"""What the workload controllers share: pods from templates, controller references,
+pod readiness and availability, and expectations.
+
+Expectations are how a controller avoids acting twice on the same need: after
+it asks for N creations it does not create again for that owner until it has
+seen N pods appear (or a timeout passed), however many events arrive in between.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+Obj = dict[str, Any]
+
+EXPECTATIONS_TTL = 300.0
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(ts: str | None) -> float | None:
+    if not ts:
+        return None
+    try:
+        return datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
+def owner_reference(owner: Obj, *, controller: bool = True) -> Obj:
+    m = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": m["name"], "uid": m["uid"],
+            "controller": controller, "blockOwnerDeletion": True}
+
+
+def controller_ref(obj: Obj) -> Obj | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return ref
+    return None
+
+
+def pod_from_template(template: Obj, owner: Obj, *, name: str | None = None,
+                      generate_name: str | None = None) -> Obj:
+    """A Pod for `owner` from its pod template, controlled by it."""
+    tmeta = template.get("metadata") or {}
+    meta: Obj = {"namespace": owner["metadata"].get("namespace"),
+                 "labels": dict(tmeta.get("labels") or {}),
+                 "ownerReferences": [owner_reference(owner)]}
+    if tmeta.get("annotations"):
+        meta["annotations"] = dict(tmeta["annotations"])
+    if tmeta.get("finalizers"):
+        meta["finalizers"] = list(tmeta["finalizers"])
+    if name:
+        meta["name"] = name
+    else:
+        meta["generateName"] = generate_name or (owner["metadata"]["name"] + "-")
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": copy.deepcopy(template.get("spec") or {})}
+
+
+def is_pod_active(pod: Obj) -> bool:
+    phase = (pod.get("status") or {}).get("phase")
+    return phase not in ("Succeeded", "Failed") and not (pod.get("metadata") or {}).get("deletionTimestamp")
+
+
+def _condition(pod: Obj, typ: str) -> Obj | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == typ:
+            return c
+    return None
+
+
+def is_pod_ready(pod: Obj) -> bool:
+    c = _condition(pod, "Ready")
+    return bool(c and c.get("status") == "True")
+
+
+def is_pod_available(pod: Obj, min_ready_seconds: int, now: float | None = None) -> bool:
+    """Ready for at least min_ready_seconds, as upstream's availability rule."""
+    if not is_pod_ready(pod):
+        return False
+    if min_ready_seconds <= 0:
+        return True
+    since = parse_time((_condition(pod, "Ready") or {}).get("lastTransitionTime"))
+    if since is None:
+        return False
+    return (now if now is not None else time.time()) - since >= min_ready_seconds
+
+
+class Expectations:
+    """Per-owner counts of creations and deletions asked for but not yet observed."""
+
+    def __init__(self, ttl: float = EXPECTATIONS_TTL):
+        self.ttl = ttl
+        self._adds: dict[str, int] = {}
+        self._dels: dict[str, set[str]] = {}
+        self._stamp: dict[str, float] = {}
+
+    def expect_creations(self, key: str, n: int) -> None:
+        self._adds[key] = self._adds.get(key, 0) + n
+        self._stamp[key] = time.monotonic()
+
+    def expect_deletions(self, key: str, pod_keys: list[str]) -> None:
+        self._dels.setdefault(key, set()).update(pod_keys)
+        self._stamp[key] = time.monotonic()
+
+    def creation_observed(self, key: str) -> None:
+        if self._adds.get(key, 0) > 0:
+            self._adds[key] -= 1
+
+    def creation_failed(self, key: str) -> None:
+        self.creation_observed(key)
+
+    def deletion_observed(self, key: str, pod_key: str) -> None:
+        dels = self._dels.get(key)
+        if dels:
+            dels.discard(pod_key)
+
+    def satisfied(self, key: str) -> bool:
+        if self._adds.get(key, 0) <= 0 and not self._dels.get(key):
+            return True
+        # Events can be lost (a watch restart between create and observe):
+        # after the TTL the controller looks at the world afresh.
+        return time.monotonic() - self._stamp.get(key, 0) > self.ttl
+
+    def forget(self, key: str) -> None:
+        self._adds.pop(key, None)
+        self._dels.pop(key, None)
+        self._stamp.pop(key, None)
