@@ -61,6 +61,10 @@ async def run_server(args: argparse.Namespace) -> int:
     warm = asyncio.get_running_loop().run_in_executor(None, protobuf.default_pool)
     manager = ControllerManager.in_process(api)
     await manager.start()
+    from ..client import Client
+    from ..scheduler import Scheduler, SchedulerConfig
+    scheduler = Scheduler(Client.in_process(api.handle), SchedulerConfig())
+    await scheduler.start()
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
     log.info("export KUBECONFIG=%s", kubeconfig)
     log.info("join token in %s", pki.join_token_file)
@@ -71,6 +75,7 @@ async def run_server(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting down")
     await warm
+    await scheduler.stop()
     await manager.stop()
     await api.stop()
     await runner.cleanup()
