@@ -22,6 +22,7 @@ import orjson
 import yaml
 
 from ..api import conversion, errors, validation
+from ..api import apply as ssa
 from ..api import patch as patchlib
 from ..api.errors import FieldError, StatusError
 from ..api.kinds import Kind, Registry
@@ -224,13 +225,28 @@ class REST:
             raise errors.invalid_object(kind.kind, kind.group, meta.get("name") or meta.get("generateName", ""),
                                         errs)
 
+    def _node(self, kind: Kind):
+        return self.schema.node_for(kind.group, kind.version, kind.kind)
+
+    def _track(self, kind: Kind, old: dict | None, new: dict, manager: str, subresource: str = "") -> None:
+        """Record in managedFields which fields this write gave to `manager`."""
+        if not manager:
+            return
+        mf = ssa.track_update(old, new, manager=manager, api_version=kind.api_version, node=self._node(kind),
+                              subresource=subresource, now=now_rfc3339())
+        if mf:
+            new["metadata"]["managedFields"] = mf
+        else:
+            new["metadata"].pop("managedFields", None)
+
     def _respond_obj(self, kind: Kind, raw_stored: bytes, rv: int) -> bytes:
         return self._to_served(kind, splice_rv(raw_stored, rv))
 
     # ---------------------------------------------------------------- create
 
     async def create(self, kind: Kind, ns: str | None, body: Any, query: dict[str, str],
-                     warnings: list[str], user: str = "") -> tuple[int, bytes]:
+                     warnings: list[str], user: str = "", manager: str = "",
+                     track: bool = True) -> tuple[int, bytes]:
         obj = self._check_type_meta(kind, body)
         meta = obj["metadata"]
         if kind.namespaced:
@@ -256,6 +272,8 @@ class REST:
         _normalize(kind, obj)
         _on_create(kind, obj)
         validation.apply_defaults(kind.kind, kind.group, obj)
+        if track:
+            self._track(kind, None, obj, manager)
         self._validate(kind, obj, None)
         reservation = await self.admission.admit_create(kind, obj, user)
         written = None
@@ -456,7 +474,8 @@ class REST:
     # ---------------------------------------------------------------- update
 
     async def update(self, kind: Kind, ns: str | None, name: str, body: Any, query: dict[str, str],
-                     warnings: list[str], subresource: str = "", user: str = "") -> tuple[int, bytes]:
+                     warnings: list[str], subresource: str = "", user: str = "",
+                     manager: str = "") -> tuple[int, bytes]:
         obj = self._check_type_meta(kind, body)
         meta = obj["metadata"]
         if meta.get("name") and meta["name"] != name:
@@ -476,11 +495,11 @@ class REST:
                 raise errors.stale_conflict(kind.plural, kind.group, name)
             return new
         return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user,
-                                             retry=not want_rv)
+                                             retry=not want_rv, manager=manager)
 
     async def patch(self, kind: Kind, ns: str | None, name: str, body: bytes, content_type: str,
                     query: dict[str, str], warnings: list[str], subresource: str = "",
-                    user: str = "") -> tuple[int, bytes]:
+                    user: str = "", manager: str = "") -> tuple[int, bytes]:
         ct = (content_type or "").split(";")[0].strip()
         if ct not in ("application/json-patch+json", "application/merge-patch+json",
                       "application/strategic-merge-patch+json", "application/apply-patch+yaml",
@@ -491,6 +510,9 @@ class REST:
                               "application/strategic-merge-patch+json")
         if ct == "application/apply-patch+yaml":
             return await self.apply(kind, ns, name, body, query, warnings, subresource, user)
+        if query.get("force"):
+            raise errors.invalid_object("PatchOptions", "meta.k8s.io", "", [errors.forbidden(
+                "force", "may not be specified for non-apply patch")])
         try:
             p = orjson.loads(body)
         except orjson.JSONDecodeError as e:
@@ -526,12 +548,15 @@ class REST:
             self._structural(kind, new, query, warnings)
             return new
         return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user,
-                                             retry=precondition is None)
+                                             retry=precondition is None, manager=manager)
 
     async def apply(self, kind, ns, name, body, query, warnings, subresource, user):
-        """Server-side apply, approximated: create if absent, else merge the applied fields."""
-        if not query.get("fieldManager"):
-            raise errors.bad_request("PATCH, application/apply-patch+yaml requests require fieldManager")
+        """Server-side apply: merge the user's configuration and own its fields (kybernetes.api.apply)."""
+        manager = query.get("fieldManager")
+        if not manager:
+            raise errors.invalid_object("PatchOptions", "meta.k8s.io", "", [errors.required(
+                "fieldManager", "is required for apply requests")])
+        force = query.get("force") in ("true", "1", "True")
         try:
             applied = yaml.load(body, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         except yaml.YAMLError as e:
@@ -542,25 +567,37 @@ class REST:
         if applied["metadata"].get("name") not in (None, name):
             raise errors.bad_request("the name of the object does not match the name on the URL")
         applied["metadata"]["name"] = name
+        if kind.namespaced and ns:
+            applied["metadata"].setdefault("namespace", ns)
+        self._structural(kind, applied, query, warnings)
+        want_rv = applied["metadata"].pop("resourceVersion", None)
+        node = self._node(kind)
         kv = await self.store.get(kind.key(ns, name))
         if kv is None and not subresource:
-            return await self.create(kind, ns, applied, query, warnings, user)
-        defname = self.schema.definition_for(kind.group, kind.version, kind.kind)
-        node = self.schema.node(defname) if defname else None
+            obj = ssa.apply(None, applied, manager=manager, node=node, force=force, now=now_rfc3339(),
+                            api_version=kind.api_version)
+            try:
+                return await self.create(kind, ns, obj, query, warnings, user, track=False)
+            except StatusError as e:
+                if e.reason != "AlreadyExists":
+                    raise
+                # Lost a race with another create: apply to what won.
 
         def mutate(cur: dict) -> dict:
             served = self._to_served_obj(kind, copy.deepcopy(cur))
             rv = served["metadata"].get("resourceVersion")
-            p = copy.deepcopy(applied)
-            p["metadata"].pop("resourceVersion", None)
-            new = patchlib.strategic_merge_patch(served, p, node)
+            if want_rv is not None and str(want_rv) != rv:
+                raise errors.stale_conflict(kind.plural, kind.group, name)
+            new = ssa.apply(served, applied, manager=manager, node=node, force=force, now=now_rfc3339(),
+                            subresource=subresource, api_version=kind.api_version)
             new.setdefault("metadata", {})["resourceVersion"] = rv
             self._structural(kind, new, query, warnings)
             return new
         return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user, retry=True)
 
     async def _guaranteed_update(self, kind: Kind, ns: str | None, name: str, mutate, query: dict[str, str],
-                                 subresource: str, user: str, retry: bool) -> tuple[int, bytes]:
+                                 subresource: str, user: str, retry: bool,
+                                 manager: str = "") -> tuple[int, bytes]:
         # As upstream's GuaranteedUpdate, retry for as long as others win the
         # race: every conflict means some other write made progress, and a cap
         # would fail unconditional writes under contention.
@@ -572,6 +609,8 @@ class REST:
             _normalize(kind, new)
             if subresource not in ("status", "finalize"):
                 validation.apply_defaults(kind.kind, kind.group, new)
+            if subresource != "binding":
+                self._track(kind, cur, new, manager, subresource)
             if subresource != "binding":
                 # A binding is the server's own write of the one field a pod
                 # update may never change (spec.nodeName), as upstream's

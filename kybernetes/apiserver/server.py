@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .. import __version__
+from ..api import apply as ssa
 from ..api import errors, openapi_pb
 from ..api.errors import StatusError
 from ..api.kinds import Kind, Registry, builtin_registry
@@ -323,6 +324,7 @@ class APIServer:
             raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
         m = req.method
         warnings: list[str] = []
+        manager = ssa.manager_name(query.get("fieldManager"), req.headers.get("user-agent", ""))
         accept = req.headers.get("accept", "")
         ct = req.headers.get("content-type", "")
         if name is None:
@@ -333,7 +335,7 @@ class APIServer:
                 return await self._list(kind, ns, opts, accept)
             if m == "POST":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.create(kind, ns, body, query, warnings, req.user)
+                code, raw = await self.rest.create(kind, ns, body, query, warnings, req.user, manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "DELETE":
                 raw = await self.rest.delete_collection(kind, ns, req.body, query, req.user)
@@ -348,10 +350,11 @@ class APIServer:
                 return self._obj_response(200, raw, warnings, kind, accept)
             if m == "PUT":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "", req.user)
+                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "", req.user, manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "PATCH":
-                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "", req.user)
+                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "", req.user,
+                                                  manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "DELETE":
                 code, raw = await self.rest.delete(kind, ns, name, req.body, query, req.user)
@@ -362,11 +365,12 @@ class APIServer:
                 return self._obj_response(200, await self.rest.get(kind, ns, name), warnings, kind, accept)
             if m == "PUT":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "status", req.user)
+                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "status", req.user,
+                                                   manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "PATCH":
                 code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "status",
-                                                  req.user)
+                                                  req.user, manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             raise errors.method_not_allowed()
         if sub == "scale":

@@ -274,3 +274,30 @@ def test_delete_cascade_modes(server: Server):
     for mode in ("background", "foreground"):
         wait_for(lambda mode=mode: server.kubectl("get", "cm", f"dep-{mode}", "-n", "cascade",
                                                   check=False).returncode != 0)
+
+
+def test_server_side_apply(server: Server, tmp_path: Path):
+    server.kubectl("create", "namespace", "ssa")
+    m = {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "ssa-web", "namespace": "ssa", "labels": {"keep": "1", "drop": "1"}},
+         "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "ssa-web"}},
+                  "template": {"metadata": {"labels": {"app": "ssa-web"}},
+                               "spec": {"containers": [{"name": "app", "image": "busybox"}]}}}}
+    f = tmp_path / "ssa.json"
+    f.write_text(json.dumps(m))
+    assert "serverside-applied" in server.kubectl("apply", "--server-side", "-f", str(f)).stdout
+    d = server.kjson("get", "deploy", "ssa-web", "-n", "ssa", "--show-managed-fields")
+    managers = {e["manager"]: e for e in d["metadata"]["managedFields"]}
+    assert managers["kubectl"]["operation"] == "Apply"
+    assert "f:replicas" in managers["kubectl"]["fieldsV1"]["f:spec"]
+    # Dropping a field from the configuration removes it.
+    del m["metadata"]["labels"]["drop"]
+    f.write_text(json.dumps(m))
+    server.kubectl("apply", "--server-side", "-f", str(f))
+    assert server.kjson("get", "deploy", "ssa-web", "-n", "ssa")["metadata"]["labels"] == {"keep": "1"}
+    # Another manager takes replicas; applying a different value conflicts until forced.
+    server.kubectl("patch", "deploy", "ssa-web", "-n", "ssa", "-p", '{"spec":{"replicas":5}}')
+    p = server.kubectl("apply", "--server-side", "-f", str(f), check=False)
+    assert p.returncode != 0 and "conflict" in p.stderr and ".spec.replicas" in p.stderr, p.stderr
+    server.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(f))
+    assert server.kjson("get", "deploy", "ssa-web", "-n", "ssa")["spec"]["replicas"] == 3
