@@ -60,6 +60,27 @@ def _peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
     return (cn, tuple(orgs) + ("system:authenticated",)) if cn else None
 
 
+_LARGE_BODY = 1 << 20
+_SLICE = 256 * 1024
+
+
+async def _write_large(request: web.Request, resp) -> web.StreamResponse:
+    """Write a large body (a big list) in slices, waiting for the socket to drain between them.
+
+    Handing TLS megabytes at once makes it encrypt and buffer all of them at
+    once, and the heap they leave behind is never given back.
+    """
+    sr = web.StreamResponse(status=resp.status, headers=resp.headers)
+    sr.content_type = resp.content_type.split(";")[0]
+    sr.content_length = len(resp.body)
+    await sr.prepare(request)
+    view = memoryview(resp.body)
+    for i in range(0, len(view), _SLICE):
+        await sr.write(view[i:i + _SLICE])
+    await sr.write_eof()
+    return sr
+
+
 def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
     async def handler(request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
@@ -80,6 +101,8 @@ def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
         req = Request(request.method, path, dict(request.query),
                       {k.lower(): v for k, v in request.headers.items()}, body, who[0], who[1])
         resp = await api.handle(req)
+        if resp.stream is None and len(resp.body) > _LARGE_BODY:
+            return await _write_large(request, resp)
         if resp.stream is None:
             out = web.Response(status=resp.status, body=resp.body, headers=resp.headers)
             out.content_type = resp.content_type.split(";")[0]

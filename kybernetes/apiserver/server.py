@@ -418,6 +418,8 @@ class APIServer:
         stream = await self.rest.watch(kind, ns, opts)
         if "as=Table" in accept:
             return Response(200, b"", JSON, {}, _table_events(kind, stream, _include(accept)))
+        if "as=PartialObjectMetadata" in accept:
+            return Response(200, b"", JSON, {}, _metadata_events(stream))
         return Response(200, b"", JSON, {}, stream)
 
 
@@ -435,6 +437,20 @@ async def _table_events(kind: Kind, stream, include: str):
             yield b"".join(out)
     finally:
         stream.close()
+
+
+async def _metadata_events(stream):
+    """Watch events carrying only metadata (PartialObjectMetadata), one event per item."""
+    try:
+        async for line in stream:
+            ev = orjson.loads(line)
+            obj = ev.get("object") or {}
+            if ev.get("type") in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+                ev["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                "metadata": obj.get("metadata") or {}}
+            yield orjson.dumps(ev) + b"\n"
+    finally:
+        await stream.aclose()
 
 
 def _include(accept: str) -> str:

@@ -24,6 +24,23 @@ def default_data_dir() -> Path:
     return Path(base) / "kybernetes"
 
 
+def _tune_malloc() -> None:
+    """Keep large buffers (list responses, watch batches) out of the heap.
+
+    glibc raises its mmap threshold after large frees, so multi-megabyte list
+    bodies end up in the heap and their memory is never given back; a fixed
+    threshold keeps them mmapped and returned as soon as they are freed.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 256 * 1024)
+        libc.mallopt(m_trim_threshold, 1024 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -59,12 +76,20 @@ async def run_server(args: argparse.Namespace) -> int:
     # kubectl sends built-in objects as protobuf; load the descriptors off the hot path.
     from ..api import protobuf
     warm = asyncio.get_running_loop().run_in_executor(None, protobuf.default_pool)
-    manager = ControllerManager.in_process(api)
-    await manager.start()
-    from ..client import Client
-    from ..scheduler import Scheduler, SchedulerConfig
-    scheduler = Scheduler(Client.in_process(api.handle), SchedulerConfig())
-    await scheduler.start()
+    disabled = {d.strip() for d in (args.disable or "").split(",") if d.strip()}
+    unknown = disabled - {"controllers", "scheduler"}
+    if unknown:
+        raise SystemExit(f"kyb server: --disable: unknown component(s) {', '.join(sorted(unknown))}")
+    manager = None
+    if "controllers" not in disabled:
+        manager = ControllerManager.in_process(api)
+        await manager.start()
+    scheduler = None
+    if "scheduler" not in disabled:
+        from ..client import Client
+        from ..scheduler import Scheduler, SchedulerConfig
+        scheduler = Scheduler(Client.in_process(api.handle), SchedulerConfig())
+        await scheduler.start()
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
     log.info("export KUBECONFIG=%s", kubeconfig)
     log.info("join token in %s", pki.join_token_file)
@@ -75,8 +100,10 @@ async def run_server(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting down")
     await warm
-    await scheduler.stop()
-    await manager.stop()
+    if scheduler is not None:
+        await scheduler.stop()
+    if manager is not None:
+        await manager.stop()
     await api.stop()
     await runner.cleanup()
     await store.close()
@@ -95,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=6443)
     s.add_argument("--store", default="", help="store URL (default: sqlite file in the data dir)")
     s.add_argument("--service-cidr", default="10.96.0.0/12")
+    s.add_argument("--disable", default="",
+                   help="comma-separated components not to run in this process: controllers, scheduler")
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
                    choices=["debug", "info", "warning", "error"])
@@ -106,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kyb {__version__} (Kubernetes API v1.32)")
         return 0
     if args.cmd == "server":
+        _tune_malloc()
         try:
             import uvloop  # measurably faster event loop where installed
             uvloop.install()

@@ -112,8 +112,9 @@ class Client:
         except orjson.JSONDecodeError:
             return raw
 
-    def resource(self, api_version: str, plural: str, namespaced: bool = True) -> ResourceClient:
-        return ResourceClient(self, api_version, plural, namespaced)
+    def resource(self, api_version: str, plural: str, namespaced: bool = True, *,
+                 metadata_only: bool = False) -> ResourceClient:
+        return ResourceClient(self, api_version, plural, namespaced, metadata_only=metadata_only)
 
     # ------------------------------------------------------------------ discovery
 
@@ -170,8 +171,12 @@ class Client:
 class ResourceClient:
     """The verbs for one resource type, e.g. Client.resource("apps/v1", "deployments")."""
 
-    def __init__(self, client: Client, api_version: str, plural: str, namespaced: bool = True):
+    def __init__(self, client: Client, api_version: str, plural: str, namespaced: bool = True, *,
+                 metadata_only: bool = False):
         self.client = client
+        # Reads return PartialObjectMetadata(List): what a component that only
+        # needs metadata (the garbage collector) asks for, to hold far less.
+        self.metadata_only = metadata_only
         self.api_version = api_version
         self.group, self.version = _split_api_version(api_version)
         self.plural = plural
@@ -233,7 +238,8 @@ class ResourceClient:
     async def get(self, name: str, namespace: str | None = None, *,
                   resource_version: str | None = None) -> Obj:
         query = {"resourceVersion": resource_version} if resource_version is not None else None
-        return await self.client.request("GET", self.path(self._ns(namespace), name), query)
+        return await self.client.request("GET", self.path(self._ns(namespace), name), query,
+                                         headers=_META_ONE if self.metadata_only else None)
 
     async def list(self, namespace: str | None = None, *, label_selector: str | None = None,
                    field_selector: str | None = None, limit: int | None = None,
@@ -254,7 +260,8 @@ class ResourceClient:
         if resource_version_match:
             query["resourceVersionMatch"] = resource_version_match
         ns = namespace if self.namespaced else None
-        return await self.client.request("GET", self.path(ns), query)
+        return await self.client.request("GET", self.path(ns), query,
+                                         headers=_META_LIST if self.metadata_only else None)
 
     async def list_all(self, namespace: str | None = None, *, label_selector: str | None = None,
                        field_selector: str | None = None, page_size: int = 500,
@@ -376,7 +383,12 @@ class ResourceClient:
         if send_initial_events is not None:
             _bool_query(query, "sendInitialEvents", send_initial_events)
         ns = namespace if self.namespaced else None
-        return Watch(self.client.transport.stream("GET", self.path(ns), query, {"Accept": "application/json"}))
+        accept = _META_ONE if self.metadata_only else {"Accept": "application/json"}
+        return Watch(self.client.transport.stream("GET", self.path(ns), query, accept))
+
+
+_META_ONE = {"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"}
+_META_LIST = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"}
 
 
 def _delete_options(propagation_policy: str | None, grace_period_seconds: int | None,

@@ -48,6 +48,14 @@ _BACKOFF_INITIAL = 0.8
 _BACKOFF_MAX = 30.0
 
 
+def strip_managed_fields(obj: Obj) -> Obj:
+    """An Informer transform: components never read managedFields, so caches need not keep them."""
+    m = obj.get("metadata")
+    if isinstance(m, dict) and "managedFields" in m:
+        m.pop("managedFields")
+    return obj
+
+
 def meta_namespace_key(obj: Obj) -> str:
     """The cache key: "namespace/name", or "name" for cluster-scoped objects."""
     meta = obj.get("metadata") or {}
@@ -144,7 +152,11 @@ class Informer:
     def __init__(self, resource: ResourceClient, *, namespace: str | None = None,
                  label_selector: str | None = None, field_selector: str | None = None,
                  resync_period: float = 0, page_size: int = 500,
-                 backoff_initial: float = _BACKOFF_INITIAL, backoff_max: float = _BACKOFF_MAX):
+                 backoff_initial: float = _BACKOFF_INITIAL, backoff_max: float = _BACKOFF_MAX,
+                 transform: Callable[[Obj], Obj] | None = None):
+        # Applied to every object before it is cached or handed to handlers,
+        # e.g. to drop managedFields a component never reads.
+        self.transform = transform
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
@@ -325,6 +337,8 @@ class Informer:
                                                field_selector=self.field_selector, page_size=self.page_size)
         fresh: dict[str, Obj] = {}
         for obj in listing.get("items") or []:
+            if self.transform is not None:
+                obj = self.transform(obj)
             fresh[meta_namespace_key(obj)] = obj
         # Apply the whole diff without yielding to the loop, so readers never
         # see half an old and half a new snapshot.
@@ -367,6 +381,8 @@ class Informer:
             if rv:
                 self.last_resource_version = rv
             return
+        if self.transform is not None:
+            obj = self.transform(obj)
         key = meta_namespace_key(obj)
         if etype in ("ADDED", "MODIFIED"):
             old = self._cache.get(key)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..api.errors import StatusError
 from ..client import Client, Informer, QueueShutDown, WorkQueue
+from ..client.informer import strip_managed_fields
 
 log = logging.getLogger("kybernetes.controllers")
 
@@ -38,8 +39,11 @@ class Controller:
         self._tasks: list[asyncio.Task] = []
 
     def informer(self, api_version: str, plural: str, *, namespaced: bool = True,
-                 resync_period: float = 0) -> Informer:
-        inf = Informer(self.client.resource(api_version, plural, namespaced), resync_period=resync_period)
+                 resync_period: float = 0, metadata_only: bool = False,
+                 keep_managed_fields: bool = False) -> Informer:
+        rc = self.client.resource(api_version, plural, namespaced, metadata_only=metadata_only)
+        inf = Informer(rc, resync_period=resync_period,
+                       transform=None if keep_managed_fields else strip_managed_fields)
         self.informers.append(inf)
         return inf
 

@@ -50,26 +50,31 @@ class GarbageCollector(Controller):
     name = "garbage-collector"
     workers = 4
 
-    def __init__(self, client: Client, resources: list[tuple[str, str, bool]]):
-        """resources: (apiVersion, plural, namespaced) of every resource to watch, one per storage."""
+    def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]]):
+        """resources: (apiVersion, kind, plural, namespaced) of every resource to watch, one per storage."""
         super().__init__(client)
         self.nodes: dict[str, Node] = {}
         # owner uid -> dependent uids
         self.dependents: dict[str, set[str]] = {}
-        for api_version, plural, namespaced in resources:
-            inf = self.informer(api_version, plural, namespaced=namespaced)
-            inf.add_handler(on_add=self._observe, on_update=lambda _old, new: self._observe(new),
+        for api_version, kind, plural, namespaced in resources:
+            # Metadata is all the collector reads: the informers hold
+            # PartialObjectMetadata, a fraction of the objects' size.
+            inf = self.informer(api_version, plural, namespaced=namespaced, metadata_only=True)
+
+            def observe(obj: dict[str, Any], _av: str = api_version, _k: str = kind) -> None:
+                self._observe(obj, _av, _k)
+            inf.add_handler(on_add=observe, on_update=lambda _old, new, _o=observe: _o(new),
                             on_delete=self._forget)
 
     # ------------------------------------------------------------ graph
 
-    def _observe(self, obj: dict[str, Any]) -> None:
+    def _observe(self, obj: dict[str, Any], api_version: str, kind: str) -> None:
         m = obj.get("metadata") or {}
         uid = m.get("uid")
         if not uid:
             return
         old = self.nodes.get(uid)
-        node = Node(uid, obj.get("apiVersion", ""), obj.get("kind", ""), m.get("namespace") or "",
+        node = Node(uid, api_version, kind, m.get("namespace") or "",
                     m.get("name", ""), list(m.get("ownerReferences") or []), tuple(m.get("finalizers") or ()),
                     bool(m.get("deletionTimestamp")))
         if old is not None:

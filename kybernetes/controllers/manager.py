@@ -19,10 +19,10 @@ log = logging.getLogger("kybernetes.controllers")
 
 
 class ControllerManager:
-    def __init__(self, client: Client, resources: list[tuple[str, str, bool]]):
-        """resources: (apiVersion, plural, namespaced) of every served resource, one per storage."""
+    def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]]):
+        """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage."""
         self.client = client
-        namespaced = [(av, plural) for av, plural, ns in resources if ns]
+        namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources)]
 
@@ -34,7 +34,7 @@ class ControllerManager:
         for k in api.registry.kinds:
             if k.storage_prefix not in seen:
                 seen.add(k.storage_prefix)
-                resources.append((k.api_version, k.plural, k.namespaced))
+                resources.append((k.api_version, k.kind, k.plural, k.namespaced))
         # Propagation finalizers (orphan, foregroundDeletion) are only added
         # when a garbage collector is there to remove them.
         api.rest.gc_enabled = True

@@ -31,6 +31,7 @@ from typing import Any
 
 from kybernetes.api.errors import StatusError
 from kybernetes.client import Client, Informer
+from kybernetes.client.informer import strip_managed_fields
 
 from .framework import FitError, Framework
 from .nodeinfo import Cache, PodInfo, pod_key
@@ -153,8 +154,11 @@ class Scheduler:
         self.preemptor = Preemptor(self.framework)
         self.pods = client.resource("v1", "pods")
         self.events = client.resource("v1", "events")
-        self.node_informer = Informer(client.resource("v1", "nodes", namespaced=False))
-        self.pod_informer = Informer(self.pods, field_selector="status.phase!=Succeeded,status.phase!=Failed")
+        # The scheduler never reads managedFields; its caches do not keep them.
+        self.node_informer = Informer(client.resource("v1", "nodes", namespaced=False),
+                                      transform=strip_managed_fields)
+        self.pod_informer = Informer(self.pods, field_selector="status.phase!=Succeeded,status.phase!=Failed",
+                                     transform=strip_managed_fields)
         self.namespace_informer = Informer(client.resource("v1", "namespaces", namespaced=False))
         self.priority_class_informer = Informer(
             client.resource("scheduling.k8s.io/v1", "priorityclasses", namespaced=False))
