@@ -757,12 +757,14 @@ def _live_entries(obj: dict[str, Any] | None) -> dict[Key, ManagedEntry]:
 
 
 def _without_managed(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """A read-only view of obj without managedFields: shallow copies of the two levels touched,
+    because this runs on every write and a deep copy of the object would cost more than the diff."""
     if obj is None:
         return {}
-    out = copy.deepcopy(obj)
+    out = dict(obj)
     meta = out.get("metadata")
-    if isinstance(meta, dict):
-        meta.pop("managedFields", None)
+    if isinstance(meta, dict) and "managedFields" in meta:
+        out["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
     return out
 
 
