@@ -12,7 +12,9 @@ import logging
 
 from ..client import Client
 from .base import Controller
+from .cronjob import CronJobController
 from .garbagecollector import GarbageCollector
+from .job import JobController
 from .namespace import NamespaceController
 
 log = logging.getLogger("kybernetes.controllers")
@@ -24,7 +26,8 @@ class ControllerManager:
         self.client = client
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
-                                              GarbageCollector(client, resources)]
+                                              GarbageCollector(client, resources),
+                                              JobController(client), CronJobController(client)]
 
     @classmethod
     def in_process(cls, api) -> ControllerManager:
