@@ -1,0 +1,877 @@
+"""The process runtime: every container is a process tree on this machine.
+
+As root, a pod sandbox is a holder process (``pause.py``) owning the pod's PID, mount,
+UTS and IPC namespaces (and a network namespace when asked); each container joins
+them, gets its own mount namespace, chroots into its image's root filesystem when
+the images directory has one, and runs in a cgroup carrying its cpu, memory and pids
+limits. Without root (or namespaces, or cgroups) it degrades to plain processes and
+says so in every sandbox and container status (``notices``) and as runtime events.
+
+Each started container is supervised by a detached shim (``shim.py``) that owns its
+output and log file and records its exit. All state lives in files under
+``<root>/sandboxes`` and ``<root>/containers``; nothing is kept only in memory, so a
+restarted kubelet builds a new ProcessRuntime on the same root and finds, lists,
+stops and removes what the previous one started.
+
+Images: ``<images dir>/<name>/<tag>/rootfs`` (e.g. ``images/busybox/latest/rootfs``).
+An image with no such directory still runs, on the host filesystem, and the runtime
+reports ``ImageNotProvided`` for it; the OCI runtime is the one that pulls images.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import struct
+import sys
+import termios
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kybernetes.runtime import nsutil
+from kybernetes.runtime.base import (
+    ContainerConfig,
+    ContainerFilter,
+    ContainerMetadata,
+    ContainerState,
+    ContainerStats,
+    ContainerStatus,
+    CreateContainerError,
+    ExecResult,
+    ImageInfo,
+    Mount,
+    NamespaceMode,
+    NamespaceOptions,
+    NotFoundError,
+    Notice,
+    PodSandboxConfig,
+    PodSandboxMetadata,
+    PodSandboxStatus,
+    Resources,
+    Runtime,
+    RuntimeEvent,
+    RuntimeServiceError,
+    SandboxFilter,
+    SandboxState,
+    StartError,
+    StreamHandle,
+    labels_match,
+    to_dict,
+)
+from kybernetes.runtime.cgroups import Cgroup, CgroupLimits, CgroupManager
+from kybernetes.runtime.logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE
+from kybernetes.runtime.shim import CLOSE_STDIN, EXIT, RESIZE, SOCKET_NAME, STDERR, STDIN, STDOUT, frame
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _load(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        # A missing file or one being replaced right now: treat as not written yet.
+        return None
+
+
+def _save(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+async def _poll(cond: Callable[[], bool], timeout: float) -> bool:
+    """Wait for a condition on files or /proc, backing off up to 50 ms between looks."""
+    end = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        if cond():
+            return True
+        if time.monotonic() >= end:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _notices(raw: list[dict]) -> list[Notice]:
+    return [Notice(**n) for n in raw]
+
+
+def _sandbox_config(d: dict) -> PodSandboxConfig:
+    d = dict(d)
+    d["metadata"] = PodSandboxMetadata(**d["metadata"])
+    ns = d.get("namespace_options") or {}
+    d["namespace_options"] = NamespaceOptions(**{k: NamespaceMode(v) for k, v in ns.items()})
+    return PodSandboxConfig(**d)
+
+
+def _container_config(d: dict) -> ContainerConfig:
+    d = dict(d)
+    d["metadata"] = ContainerMetadata(**d["metadata"])
+    d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
+    d["resources"] = Resources(**(d.get("resources") or {}))
+    return ContainerConfig(**d)
+
+
+def image_candidates(image: str) -> list[tuple[str, str]]:
+    """(name, tag) pairs an image reference may be stored under, most specific first."""
+    ref = image.strip()
+    ref, _, digest = ref.partition("@")
+    name, tag = ref, ""
+    slash = ref.rfind("/")
+    colon = ref.rfind(":")
+    if colon > slash:
+        name, tag = ref[:colon], ref[colon + 1 :]
+    tag = tag or (digest.replace(":", "-") if digest else "latest")
+    names = [name]
+    for prefix in ("docker.io/", "index.docker.io/"):
+        if name.startswith(prefix):
+            names.append(name[len(prefix) :])
+    for n in list(names):
+        if n.startswith("library/"):
+            names.append(n[len("library/") :])
+    return [(n, tag) for n in dict.fromkeys(names)]
+
+
+class _ExecHandle(StreamHandle):
+    """A process started by exec: pipes, or a pty when a terminal was asked for."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, tty: bool, master: int | None) -> None:
+        self.proc = proc
+        self.tty = tty
+        self.master = master
+        if master is not None:
+            loop = asyncio.get_running_loop()
+            self.stdout = asyncio.StreamReader()
+            self.stderr = None
+            os.set_blocking(master, False)
+            loop.add_reader(master, self._on_pty)
+        else:
+            assert proc.stdout is not None
+            self.stdout = proc.stdout
+            self.stderr = proc.stderr
+
+    def _on_pty(self) -> None:
+        assert self.master is not None
+        try:
+            data = os.read(self.master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # EIO: every process holding the terminal has gone
+        if data:
+            self.stdout.feed_data(data)
+        else:
+            asyncio.get_running_loop().remove_reader(self.master)
+            self.stdout.feed_eof()
+
+    async def write_stdin(self, data: bytes) -> None:
+        if self.master is not None:
+            view = memoryview(data)
+            while view:
+                try:
+                    view = view[os.write(self.master, view) :]
+                except BlockingIOError:
+                    await asyncio.sleep(0.01)
+        elif self.proc.stdin is not None:
+            self.proc.stdin.write(data)
+            await self.proc.stdin.drain()
+
+    async def close_stdin(self) -> None:
+        if self.master is not None:
+            await self.write_stdin(b"\x04")
+        elif self.proc.stdin is not None:
+            self.proc.stdin.close()
+
+    def resize(self, width: int, height: int) -> None:
+        if self.master is not None:
+            fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+    async def wait(self) -> int | None:
+        code = await self.proc.wait()
+        # A pty still has to deliver what the process wrote before it ended.
+        if self.master is not None:
+            await _poll(self.stdout.at_eof, 1.0)
+        return 128 - code if code < 0 else code
+
+    async def close(self) -> None:
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await self.proc.wait()
+        if self.master is not None:
+            try:
+                asyncio.get_running_loop().remove_reader(self.master)
+                os.close(self.master)
+            except OSError:
+                pass
+            self.master = None
+
+
+class _AttachHandle(StreamHandle):
+    """A connection to a running container's shim: its live output and its stdin."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool) -> None:
+        self.tty = tty
+        self._reader = reader
+        self._writer = writer
+        self.stdout = asyncio.StreamReader()
+        self.stderr = None if tty else asyncio.StreamReader()
+        self.exit_code: int | None = None
+        self._task = asyncio.get_running_loop().create_task(self._demux())
+
+    async def _demux(self) -> None:
+        try:
+            while True:
+                kind, n = struct.unpack(">BI", await self._reader.readexactly(5))
+                payload = await self._reader.readexactly(n) if n else b""
+                if kind == STDOUT:
+                    self.stdout.feed_data(payload)
+                elif kind == STDERR:
+                    (self.stderr or self.stdout).feed_data(payload)
+                elif kind == EXIT:
+                    self.exit_code = int(payload)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.stdout.feed_eof()
+            if self.stderr is not None:
+                self.stderr.feed_eof()
+
+    async def write_stdin(self, data: bytes) -> None:
+        self._writer.write(frame(STDIN, data))
+        await self._writer.drain()
+
+    async def close_stdin(self) -> None:
+        self._writer.write(frame(CLOSE_STDIN, b""))
+        await self._writer.drain()
+
+    def resize(self, width: int, height: int) -> None:
+        self._writer.write(frame(RESIZE, f"{width} {height}".encode()))
+
+    async def wait(self) -> int | None:
+        await asyncio.shield(self._task)
+        return self.exit_code
+
+    async def close(self) -> None:
+        self._writer.close()
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+class ProcessRuntime(Runtime):
+    name = "process"
+
+    def __init__(
+        self,
+        root_dir: str,
+        *,
+        images_dir: str | None = None,
+        cgroup_root: str = "kybernetes",
+        namespaces: bool = True,
+        cgroups: bool = True,
+        log_max_size: int = DEFAULT_MAX_SIZE,
+        log_max_files: int = DEFAULT_MAX_FILES,
+        python: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = os.path.abspath(root_dir)
+        self.images_dir = os.path.abspath(images_dir or os.path.join(self.root, "images"))
+        self.log_max_size = log_max_size
+        self.log_max_files = log_max_files
+        self.python = python or sys.executable
+        for sub in ("sandboxes", "containers"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        self.is_root = os.geteuid() == 0
+        if namespaces:
+            self.namespaces, ns_why = nsutil.namespaces_supported()
+        else:
+            self.namespaces, ns_why = False, "disabled by configuration"
+        self.cgroups: CgroupManager | None = None
+        cg_why = "disabled by configuration"
+        if cgroups:
+            self.cgroups, cg_why = CgroupManager.detect(cgroup_root)
+        self.base_notices: list[Notice] = []
+        if not self.namespaces:
+            self.base_notices.append(
+                Notice(
+                    "NoIsolation",
+                    f"process runtime without namespaces ({ns_why}): containers run as plain host "
+                    "processes sharing the host's PID, IPC, UTS and mount namespaces",
+                )
+            )
+        if self.cgroups is None:
+            self.base_notices.append(
+                Notice("NoResourceLimits", f"cgroups unavailable ({cg_why}): cpu, memory and pids limits are "
+                       "not enforced and OOM kills are not detected")
+            )
+        for n in self.base_notices:
+            log.warning("%s: %s", n.reason, n.message)
+        self._cpu_samples: dict[str, tuple[float, int]] = {}
+
+    # -- paths and records ----------------------------------------------------------
+    def _sdir(self, sid: str) -> str:
+        return os.path.join(self.root, "sandboxes", sid)
+
+    def _cdir(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid)
+
+    def _sandbox(self, sid: str) -> dict:
+        rec = _load(os.path.join(self._sdir(os.path.basename(sid)), "sandbox.json")) if sid else None
+        if rec is None:
+            raise NotFoundError(f"pod sandbox {sid!r} not found")
+        return rec
+
+    def _container(self, cid: str) -> dict:
+        rec = _load(os.path.join(self._cdir(os.path.basename(cid)), "config.json")) if cid else None
+        if rec is None:
+            raise NotFoundError(f"container {cid!r} not found")
+        return rec
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
+    # -- images -------------------------------------------------------------------
+    def resolve_image(self, image: str) -> str | None:
+        """The root filesystem directory for an image, or None if this host has none."""
+        if not image:
+            return None
+        for name, tag in image_candidates(image):
+            path = os.path.join(self.images_dir, name, tag, "rootfs")
+            if os.path.isdir(path) and os.path.realpath(path).startswith(self.images_dir + os.sep):
+                return path
+        return None
+
+    async def image_status(self, image: str) -> ImageInfo | None:
+        rootfs = self.resolve_image(image)
+        return ImageInfo(ref=image, provided=rootfs is not None, rootfs=rootfs)
+
+    async def pull_image(self, image: str) -> ImageInfo:
+        info = await self.image_status(image)
+        assert info is not None
+        if not info.provided:
+            # Not a failure: the process runtime runs the command on the host instead.
+            self._emit(RuntimeEvent(image, "ImageNotProvided", self._image_message(image)))
+        return info
+
+    async def list_images(self) -> list[ImageInfo]:
+        out = []
+        for dirpath, dirnames, _ in os.walk(self.images_dir):
+            if "rootfs" in dirnames:
+                rel = os.path.relpath(dirpath, self.images_dir)
+                name, _, tag = rel.rpartition(os.sep)
+                out.append(ImageInfo(ref=f"{name}:{tag}", provided=True, rootfs=os.path.join(dirpath, "rootfs")))
+                dirnames.remove("rootfs")
+        return sorted(out, key=lambda i: i.ref)
+
+    def _image_message(self, image: str) -> str:
+        name = image_candidates(image)[-1][0].rsplit("/", 1)[-1] if image else "(no image)"
+        return (
+            f"process runtime has no root filesystem for image {image!r} (looked under {self.images_dir}): "
+            f"runs {name} on the host filesystem"
+        )
+
+    # -- sandboxes ------------------------------------------------------------------
+    async def run_pod_sandbox(self, config: PodSandboxConfig) -> str:
+        sid = secrets.token_hex(32)
+        notices = list(self.base_notices)
+        holder = None
+        kinds: list[str] = []
+        ns = config.namespace_options
+        hostname = (config.hostname or config.metadata.name)[:63]
+        if self.namespaces:
+            kinds = ["uts"]
+            if ns.pid == NamespaceMode.POD:
+                kinds.append("pid")
+            if ns.ipc == NamespaceMode.POD:
+                kinds.append("ipc")
+            if ns.network == NamespaceMode.POD:
+                kinds.append("net")
+                notices.append(
+                    Notice("NetworkNotConfigured", "the pod has its own network namespace with loopback only")
+                )
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "kybernetes.runtime.pause", "--hostname", hostname, "--ns", ",".join(kinds),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=self._env(), start_new_session=True,
+            )
+            out, err = await proc.communicate()
+            if proc.returncode != 0 or not out.strip().isdigit():
+                raise RuntimeServiceError(
+                    f"creating the pod's namespaces failed: {err.decode(errors='replace').strip()}",
+                    reason="CreatePodSandboxError",
+                )
+            pid = int(out.strip())
+            holder = {"pid": pid, "start": nsutil.start_time(pid)}
+        cgroup = None
+        if self.cgroups is not None:
+            try:
+                limits = CgroupLimits(cpu_millis=config.cpu_millis, memory_bytes=config.memory_bytes)
+                cgroup = self.cgroups.create(sid, limits=limits).to_json()
+            except OSError as e:
+                notices.append(Notice("NoResourceLimits", f"creating the pod cgroup failed ({e}): limits are "
+                                      "not enforced"))
+        os.makedirs(self._sdir(sid))
+        rec = {
+            "id": sid,
+            "config": to_dict(config),
+            "created_at": time.time(),
+            "state": SandboxState.READY.value,
+            "holder": holder,
+            "namespaces": kinds,
+            "cgroup": cgroup,
+            "notices": [to_dict(n) for n in notices],
+        }
+        _save(os.path.join(self._sdir(sid), "sandbox.json"), rec)
+        for n in notices:
+            if n.reason != "NoIsolation" and n.reason != "NoResourceLimits":
+                self._emit(RuntimeEvent(sid, n.reason, n.message, n.type))
+        return sid
+
+    def _sandbox_ready(self, rec: dict) -> bool:
+        if rec["state"] != SandboxState.READY.value:
+            return False
+        h = rec.get("holder")
+        return h is None or nsutil.alive(h["pid"], h["start"])
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        rec = self._sandbox(sandbox_id)
+        for c in await self.list_containers(ContainerFilter(sandbox_id=rec["id"])):
+            if c.state == ContainerState.RUNNING:
+                await self.stop_container(c.id, 0)
+        h = rec.get("holder")
+        if h and nsutil.alive(h["pid"], h["start"]):
+            try:
+                os.kill(h["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await _poll(lambda: not nsutil.alive(h["pid"], h["start"]), 5.0)
+        if rec["state"] != SandboxState.NOTREADY.value:
+            rec["state"] = SandboxState.NOTREADY.value
+            _save(os.path.join(self._sdir(rec["id"]), "sandbox.json"), rec)
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        try:
+            rec = self._sandbox(sandbox_id)
+        except NotFoundError:
+            return
+        await self.stop_pod_sandbox(rec["id"])
+        for c in await self.list_containers(ContainerFilter(sandbox_id=rec["id"])):
+            await self.remove_container(c.id)
+        if rec.get("cgroup"):
+            Cgroup.from_json(rec["cgroup"]).remove()
+        shutil.rmtree(self._sdir(rec["id"]), ignore_errors=True)
+
+    async def pod_sandbox_status(self, sandbox_id: str) -> PodSandboxStatus:
+        rec = self._sandbox(sandbox_id)
+        cfg = _sandbox_config(rec["config"])
+        notices = _notices(rec.get("notices", []))
+        state = SandboxState.READY if self._sandbox_ready(rec) else SandboxState.NOTREADY
+        if state == SandboxState.NOTREADY and rec["state"] == SandboxState.READY.value:
+            notices.append(Notice("SandboxHolderGone", "the process holding the pod's namespaces has exited"))
+        h = rec.get("holder")
+        return PodSandboxStatus(
+            id=rec["id"], metadata=cfg.metadata, state=state, created_at=rec["created_at"],
+            labels=cfg.labels, annotations=cfg.annotations, namespace_options=cfg.namespace_options,
+            pid=h["pid"] if h and state == SandboxState.READY else None, notices=notices,
+        )
+
+    async def list_pod_sandboxes(self, filter: SandboxFilter | None = None) -> list[PodSandboxStatus]:
+        out = []
+        for sid in sorted(os.listdir(os.path.join(self.root, "sandboxes"))):
+            if filter and filter.id and not sid.startswith(filter.id):
+                continue
+            try:
+                st = await self.pod_sandbox_status(sid)
+            except NotFoundError:
+                continue  # removed while listing
+            if filter and filter.state and st.state != filter.state:
+                continue
+            if filter and not labels_match(st.labels, filter.labels):
+                continue
+            out.append(st)
+        return sorted(out, key=lambda s: s.created_at)
+
+    # -- containers -----------------------------------------------------------------
+    async def create_container(self, sandbox_id: str, config: ContainerConfig) -> str:
+        sb = self._sandbox(sandbox_id)
+        if not self._sandbox_ready(sb):
+            raise CreateContainerError(f"pod sandbox {sandbox_id} is not ready")
+        argv = list(config.command) + list(config.args)
+        if not argv:
+            raise CreateContainerError(
+                "no command given: the process runtime has no image metadata to supply an entrypoint"
+            )
+        sb_cfg = _sandbox_config(sb["config"])
+        cid = secrets.token_hex(32)
+        cdir = self._cdir(cid)
+        os.makedirs(cdir)
+        notices = list(_notices(sb.get("notices", [])))
+        rootfs = self.resolve_image(config.image)
+        if rootfs is None:
+            notices.append(Notice("ImageNotProvided", self._image_message(config.image)))
+        elif not self.namespaces:
+            notices.append(Notice("RootfsNotUsed", f"image {config.image!r} has a root filesystem at {rootfs} "
+                                  "but without namespaces the container runs on the host filesystem"))
+            rootfs = None
+        if config.mounts and not self.namespaces:
+            notices.append(Notice("MountsNotApplied", "volume mounts need a private mount namespace (root); "
+                                  "the container sees the host paths instead"))
+        if config.run_as_user is not None and not self.is_root:
+            notices.append(Notice("RunAsUserIgnored", "not running as root: cannot change user"))
+        log_path = config.log_path
+        if log_path and not os.path.isabs(log_path):
+            log_path = os.path.join(sb_cfg.log_directory or cdir, log_path)
+        log_path = log_path or os.path.join(cdir, "container.log")
+        env = {"PATH": DEFAULT_PATH, "HOSTNAME": (sb_cfg.hostname or sb_cfg.metadata.name)[:63]}
+        env.update(config.env)
+        if config.tty:
+            env.setdefault("TERM", "xterm")
+        cgroup = None
+        if self.cgroups is not None and sb.get("cgroup"):
+            r = config.resources
+            limits = CgroupLimits(r.cpu_millis, r.cpu_request_millis, r.memory_bytes, r.pids)
+            try:
+                cgroup = self.cgroups.create(sandbox_id, cid, limits=limits).to_json()
+            except OSError as e:
+                shutil.rmtree(cdir, ignore_errors=True)
+                raise CreateContainerError(f"applying resource limits failed: {e}") from e
+        holder = sb.get("holder")
+        ns = sb_cfg.namespace_options
+        join = [k for k in sb.get("namespaces", []) if k != "pid" or ns.pid == NamespaceMode.POD]
+        launch: dict[str, Any] = {
+            "argv": argv,
+            "env": env,
+            "cwd": config.working_dir or "/",
+            "rootfs": rootfs,
+            "mounts": [to_dict(m) for m in config.mounts] if self.namespaces else [],
+            "ns_pid": holder["pid"] if holder else None,
+            "join": [*join, "mnt"] if holder else [],
+            "pid_mode": ns.pid.value if self.namespaces else "NODE",
+            "private_mounts": self.namespaces,
+            "cgroup": cgroup,
+            "uid": config.run_as_user if self.is_root else None,
+            "gid": config.run_as_group if self.is_root else None,
+            "tty": config.tty,
+            "stdin": config.stdin,
+            "stdin_once": config.stdin_once,
+            "log_path": log_path,
+            "log_max_size": self.log_max_size,
+            "log_max_files": self.log_max_files,
+        }
+        rec = {
+            "id": cid,
+            "sandbox_id": sb["id"],
+            "config": to_dict(config),
+            "created_at": time.time(),
+            "rootfs": rootfs,
+            "notices": [to_dict(n) for n in notices],
+            "launch": launch,
+        }
+        _save(os.path.join(cdir, "config.json"), rec)
+        for n in notices:
+            if n.reason not in ("NoIsolation", "NoResourceLimits"):
+                self._emit(RuntimeEvent(cid, n.reason, n.message, n.type))
+        return cid
+
+    async def start_container(self, container_id: str) -> None:
+        rec = self._container(container_id)
+        cid, cdir = rec["id"], self._cdir(rec["id"])
+        if os.path.exists(os.path.join(cdir, "shim.json")) or os.path.exists(os.path.join(cdir, "exit.json")):
+            raise RuntimeServiceError(f"container {cid} was already started", reason="AlreadyStarted")
+        sb = self._sandbox(rec["sandbox_id"])
+        if not self._sandbox_ready(sb):
+            raise StartError(f"pod sandbox {sb['id']} is not ready")
+        with open(os.path.join(cdir, "shim.log"), "ab") as shim_log:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "kybernetes.runtime.shim", cdir,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=shim_log,
+                env=self._env(), cwd="/",
+            )
+            # The shim detaches at once; this only collects the process we started.
+            code = await proc.wait()
+        shim_json = os.path.join(cdir, "shim.json")
+        shim_log = os.path.join(cdir, "shim.log")
+
+        def shim_crashed() -> bool:
+            # A traceback in the shim's log means it died before writing shim.json.
+            return os.path.getsize(shim_log) > 0 and b"Traceback" in open(shim_log, "rb").read()
+
+        ready = code == 0 and await _poll(lambda: os.path.exists(shim_json) or shim_crashed(), 30.0)
+        if not ready or not os.path.exists(shim_json):
+            with open(shim_log, errors="replace") as f:
+                detail = f.read()[-2000:]
+            _save(os.path.join(cdir, "exit.json"), {"exit_code": 128, "signal": None, "finished_at": time.time(),
+                                                     "oom_kills": 0, "start_error": f"shim failed: {detail}"})
+            raise StartError(f"container shim did not start: {detail.strip()}")
+        info = _load(shim_json) or {}
+        if "error" in info:
+            raise StartError(info["error"])
+
+    def _exit_status(self, rec: dict) -> dict | None:
+        return _load(os.path.join(self._cdir(rec["id"]), "exit.json"))
+
+    def _running_pid(self, rec: dict) -> tuple[int, int | None] | None:
+        shim = _load(os.path.join(self._cdir(rec["id"]), "shim.json"))
+        if shim and "pid" in shim and nsutil.alive(shim["pid"], shim["pid_start"]):
+            return shim["pid"], shim["pid_start"]
+        return None
+
+    async def container_status(self, container_id: str) -> ContainerStatus:
+        rec = self._container(container_id)
+        cdir = self._cdir(rec["id"])
+        cfg = _container_config(rec["config"])
+        st = ContainerStatus(
+            id=rec["id"], sandbox_id=rec["sandbox_id"], metadata=cfg.metadata, state=ContainerState.CREATED,
+            image=cfg.image, created_at=rec["created_at"], log_path=rec["launch"]["log_path"],
+            labels=cfg.labels, annotations=cfg.annotations, rootfs=rec.get("rootfs"),
+            notices=_notices(rec.get("notices", [])),
+        )
+        shim = _load(os.path.join(cdir, "shim.json"))
+        if shim and "started_at" in shim:
+            st.started_at = shim["started_at"]
+        ex = self._exit_status(rec)
+        if ex is None and shim is not None:
+            if nsutil.alive(shim.get("pid"), shim.get("pid_start")) or nsutil.alive(
+                shim.get("shim_pid"), shim.get("shim_start")
+            ):
+                st.state, st.pid = ContainerState.RUNNING, shim.get("pid")
+                return st
+            ex = self._exit_status(rec)  # it may have been written since the first look
+            if ex is None:
+                # Neither the process nor its shim survive and nobody recorded how it ended,
+                # e.g. the machine rebooted. Record it so the answer stays the same.
+                ex = {"exit_code": 255, "signal": None, "finished_at": time.time(), "oom_kills": 0,
+                      "lost": True}
+                _save(os.path.join(cdir, "exit.json"), ex)
+        if ex is None:
+            return st
+        st.state = ContainerState.EXITED
+        st.exit_code = ex["exit_code"]
+        st.finished_at = ex["finished_at"]
+        if ex.get("start_error"):
+            st.reason, st.message = "StartError", ex["start_error"]
+        elif ex.get("lost"):
+            st.reason = "Unknown"
+            st.message = "the container's process and its shim ended without recording an exit status"
+        elif ex.get("oom_kills"):
+            st.reason = "OOMKilled"
+        elif st.exit_code == 0:
+            st.reason = "Completed"
+        else:
+            st.reason = "Error"
+        return st
+
+    async def list_containers(self, filter: ContainerFilter | None = None) -> list[ContainerStatus]:
+        out = []
+        for cid in os.listdir(os.path.join(self.root, "containers")):
+            if filter and filter.id and not cid.startswith(filter.id):
+                continue
+            try:
+                st = await self.container_status(cid)
+            except NotFoundError:
+                continue
+            if filter and filter.sandbox_id and st.sandbox_id != filter.sandbox_id:
+                continue
+            if filter and filter.state and st.state != filter.state:
+                continue
+            if filter and not labels_match(st.labels, filter.labels):
+                continue
+            out.append(st)
+        return sorted(out, key=lambda s: s.created_at)
+
+    async def stop_container(self, container_id: str, timeout: float) -> None:
+        rec = self._container(container_id)
+        cdir = self._cdir(rec["id"])
+        exit_file = os.path.join(cdir, "exit.json")
+        target = self._running_pid(rec)
+        if target is None:
+            if (await self.container_status(rec["id"])).state == ContainerState.RUNNING:
+                # The shim is finishing its bookkeeping; let it.
+                await _poll(lambda: os.path.exists(exit_file), 5.0)
+            return
+        pid, started = target
+        if timeout > 0:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if await _poll(lambda: os.path.exists(exit_file), timeout):
+                return
+        if nsutil.alive(pid, started):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        cg = rec["launch"].get("cgroup")
+        if cg:
+            Cgroup.from_json(cg).kill_all()
+        if not await _poll(lambda: os.path.exists(exit_file), 10.0):
+            await self.container_status(rec["id"])  # records a lost exit if the shim is gone too
+
+    async def remove_container(self, container_id: str) -> None:
+        try:
+            rec = self._container(container_id)
+        except NotFoundError:
+            return
+        if self._running_pid(rec) is not None:
+            await self.stop_container(rec["id"], 0)
+        cg = rec["launch"].get("cgroup")
+        if cg:
+            cgroup = Cgroup.from_json(cg)
+            cgroup.kill_all()
+            cgroup.remove()
+        self._cpu_samples.pop(rec["id"], None)
+        shutil.rmtree(self._cdir(rec["id"]), ignore_errors=True)
+
+    async def container_stats(self, container_id: str) -> ContainerStats:
+        rec = self._container(container_id)
+        now = time.time()
+        stats = ContainerStats(id=rec["id"], timestamp=now)
+        cg = rec["launch"].get("cgroup")
+        target = self._running_pid(rec)
+        if cg:
+            s = Cgroup.from_json(cg).stats()
+            stats.cpu_usage_core_nano_seconds = s["cpu_ns"]
+            stats.memory_usage_bytes = s["memory_usage"]
+            stats.memory_working_set_bytes = s["working_set"]
+            stats.pids = s["pids"]
+        elif target is not None:
+            # Without a cgroup only the main process can be measured.
+            stats.cpu_usage_core_nano_seconds, stats.memory_working_set_bytes = _proc_usage(target[0])
+            stats.memory_usage_bytes = stats.memory_working_set_bytes
+            stats.pids = 1
+        cpu = stats.cpu_usage_core_nano_seconds
+        if cpu is not None:
+            prev = self._cpu_samples.get(rec["id"])
+            if prev is not None and now > prev[0] and cpu >= prev[1]:
+                stats.cpu_usage_nano_cores = int((cpu - prev[1]) / (now - prev[0]))
+            self._cpu_samples[rec["id"]] = (now, cpu)
+        return stats
+
+    # -- exec and attach ------------------------------------------------------------
+    def _exec_spec(self, container_id: str) -> tuple[list[str], dict[str, str], str | None, list[str]]:
+        rec = self._container(container_id)
+        target = self._running_pid(rec)
+        if target is None:
+            raise RuntimeServiceError(f"container {rec['id']} is not running", reason="ContainerNotRunning")
+        launch = rec["launch"]
+        procs = Cgroup.from_json(launch["cgroup"]).procs_files() if launch.get("cgroup") else []
+        if launch.get("private_mounts"):
+            nsenter = shutil.which("nsenter")
+            if nsenter is None:
+                raise RuntimeServiceError("exec into namespaces needs nsenter (util-linux), not found")
+            pre = [nsenter, "--target", str(target[0]), "--mount", "--uts", "--ipc", "--root", "--wd"]
+            if launch.get("pid_mode") != "NODE":
+                pre.append("--pid")
+            if "net" in launch.get("join", []):
+                pre.append("--net")
+            return [*pre, "--"], launch["env"], None, procs
+        return [], launch["env"], launch.get("cwd") or "/", procs
+
+    async def _spawn_exec(self, container_id: str, cmd: list[str], stdin: Any, stdout: Any, stderr: Any,
+                          tty_fd: int | None = None) -> asyncio.subprocess.Process:
+        if not cmd:
+            raise RuntimeServiceError("exec needs a command", reason="InvalidArgument")
+        prefix, env, cwd, procs = self._exec_spec(container_id)
+
+        def enter() -> None:
+            # Runs in the child before exec: join the container's cgroup so exec'd work is
+            # limited and counted like the container's own; take the terminal if any.
+            for path in procs:
+                with open(path, "w") as f:
+                    f.write(str(os.getpid()))
+            if tty_fd is not None:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        if cwd is not None and not os.path.isdir(cwd):
+            cwd = "/"
+        return await asyncio.create_subprocess_exec(
+            *prefix, *cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd,
+            start_new_session=True, preexec_fn=enter,
+        )
+
+    async def exec_sync(self, container_id: str, cmd: list[str], timeout: float | None = None) -> ExecResult:
+        PIPE = asyncio.subprocess.PIPE
+        try:
+            proc = await self._spawn_exec(container_id, cmd, asyncio.subprocess.DEVNULL, PIPE, PIPE)
+        except FileNotFoundError as e:
+            return ExecResult(126, b"", f"exec failed: {e}\n".encode())
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout if timeout else None)
+        except TimeoutError:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+            return ExecResult(-1, b"", f"command timed out after {timeout}s\n".encode(), timed_out=True)
+        code = proc.returncode if proc.returncode is not None else -1
+        return ExecResult(128 - code if code < 0 else code, out, err)
+
+    async def exec(
+        self, container_id: str, cmd: list[str], *, tty: bool = False, stdin: bool = False
+    ) -> StreamHandle:
+        PIPE = asyncio.subprocess.PIPE
+        if tty:
+            master, slave = os.openpty()
+            try:
+                proc = await self._spawn_exec(container_id, cmd, slave, slave, slave, tty_fd=slave)
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            return _ExecHandle(proc, True, master)
+        proc = await self._spawn_exec(container_id, cmd, PIPE if stdin else asyncio.subprocess.DEVNULL, PIPE, PIPE)
+        return _ExecHandle(proc, False, None)
+
+    async def attach(self, container_id: str, *, stdin: bool = False) -> StreamHandle:
+        rec = self._container(container_id)
+        if self._running_pid(rec) is None:
+            raise RuntimeServiceError(f"container {rec['id']} is not running", reason="ContainerNotRunning")
+        path = os.path.join(self._cdir(rec["id"]), SOCKET_NAME)
+        dirfd = None
+        if len(path) > 100:
+            # Too long for sockaddr_un: reach it through a short /proc/self/fd path.
+            dirfd = os.open(self._cdir(rec["id"]), os.O_RDONLY)
+            path = f"/proc/self/fd/{dirfd}/{SOCKET_NAME}"
+        try:
+            reader, writer = await asyncio.open_unix_connection(path)
+        except OSError as e:
+            raise RuntimeServiceError(f"attach to container {rec['id']} failed: {e}") from e
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
+        return _AttachHandle(reader, writer, bool(rec["launch"].get("tty")))
+
+
+def _proc_usage(pid: int) -> tuple[int | None, int | None]:
+    """(CPU nanoseconds, resident bytes) of one process from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // ticks
+        rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        return cpu, rss
+    except (OSError, IndexError, ValueError):
+        return None, None
