@@ -82,7 +82,7 @@ async def run_server(args: argparse.Namespace) -> int:
         raise SystemExit(f"kyb server: --disable: unknown component(s) {', '.join(sorted(unknown))}")
     manager = None
     if "controllers" not in disabled:
-        manager = ControllerManager.in_process(api)
+        manager = ControllerManager.in_process(api, node_monitor_grace_period=args.node_monitor_grace_period)
         await manager.start()
     scheduler = None
     if "scheduler" not in disabled:
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--service-cidr", default="10.96.0.0/12")
     s.add_argument("--disable", default="",
                    help="comma-separated components not to run in this process: controllers, scheduler")
+    s.add_argument("--node-monitor-grace-period", type=float, default=40.0,
+                   help="seconds without a lease renewal before a node is Unknown and tainted")
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
                    choices=["debug", "info", "warning", "error"])

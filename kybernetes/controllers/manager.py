@@ -16,21 +16,25 @@ from .cronjob import CronJobController
 from .garbagecollector import GarbageCollector
 from .job import JobController
 from .namespace import NamespaceController
+from .nodelifecycle import NodeLifecycleController
 
 log = logging.getLogger("kybernetes.controllers")
 
 
 class ControllerManager:
-    def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]]):
+    def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]], *,
+                 node_monitor_grace_period: float = 40.0):
         """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage."""
         self.client = client
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources),
-                                              JobController(client), CronJobController(client)]
+                                              JobController(client), CronJobController(client),
+                                              NodeLifecycleController(client,
+                                                                      grace_period=node_monitor_grace_period)]
 
     @classmethod
-    def in_process(cls, api) -> ControllerManager:
+    def in_process(cls, api, **options: float) -> ControllerManager:
         client = Client.in_process(api.handle)
         seen: set[str] = set()
         resources = []
@@ -41,7 +45,7 @@ class ControllerManager:
         # Propagation finalizers (orphan, foregroundDeletion) are only added
         # when a garbage collector is there to remove them.
         api.rest.gc_enabled = True
-        return cls(client, resources)
+        return cls(client, resources, **options)
 
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for c in self.controllers))
