@@ -13,10 +13,12 @@ import logging
 from ..client import Client
 from .base import Controller
 from .cronjob import CronJobController
+from .deployment import DeploymentController
 from .garbagecollector import GarbageCollector
 from .job import JobController
 from .namespace import NamespaceController
 from .nodelifecycle import NodeLifecycleController
+from .replicaset import ReplicaSetController
 
 log = logging.getLogger("kybernetes.controllers")
 
@@ -29,6 +31,7 @@ class ControllerManager:
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources),
+                                              ReplicaSetController(client), DeploymentController(client),
                                               JobController(client), CronJobController(client),
                                               NodeLifecycleController(client,
                                                                       grace_period=node_monitor_grace_period)]

@@ -1,0 +1,513 @@
+"""The ReplicaSet controller: keeps spec.replicas pods matching a ReplicaSet's selector.
+
+One reconcile of a ReplicaSet key:
+
+* claims pods: adopts active orphans that match the selector (a controller
+  ownerReference patched in) and releases pods it controls that stopped
+  matching;
+* when its expectations are satisfied, creates or deletes the difference, in
+  slow-start batches (1, 2, 4, ... capped at the burst), deleting the least
+  valuable pods first (upstream's ActivePodsWithRanks order);
+* writes status: replicas, fullyLabeledReplicas, readyReplicas,
+  availableReplicas, observedGeneration and the ReplicaFailure condition.
+
+Expectations are why a burst of pod events never causes a second round of
+creations: after asking for N pods the controller waits to see N pod events
+(or the TTL) before acting on counts again. With minReadySeconds the key is
+requeued for the moment the next ready pod becomes available, since no event
+marks that moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+from ..api.errors import StatusError
+from ..api.selectors import InvalidSelector, LabelSelector, from_label_selector_object
+from ..client import Client
+from .base import Controller, Requeue, key_of
+from .common import (
+    Expectations,
+    Obj,
+    controller_ref,
+    is_pod_active,
+    is_pod_available,
+    is_pod_ready,
+    now_rfc3339,
+    owner_reference,
+    parse_time,
+    pod_from_template,
+)
+
+log = logging.getLogger("kybernetes.controllers.replicaset")
+
+BURST_REPLICAS = 500
+SLOW_START_INITIAL_BATCH = 1
+POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+CONTROLLER_INDEX = "controller-uid"
+
+_PHASE_ORDINAL = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def controller_uid_index(obj: Obj) -> list[str]:
+    ref = controller_ref(obj)
+    return [ref["uid"]] if ref and ref.get("uid") else []
+
+
+async def slow_start_batch(count: int, initial: int, fn: Callable[[], Awaitable[None]]) -> tuple[int, Exception | None]:
+    """Call fn count times in batches doubling from `initial`; stop after the first failing batch.
+
+    A quota or admission error fails the first call of a small batch rather
+    than hundreds of calls at once. Returns (successes, first error).
+    """
+    remaining = count
+    successes = 0
+    batch = min(remaining, initial)
+    while batch > 0:
+        results = await asyncio.gather(*(fn() for _ in range(batch)), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        successes += batch - len(errors)
+        for e in errors:
+            if isinstance(e, asyncio.CancelledError):
+                raise e
+        if errors:
+            err = errors[0]
+            return successes, err if isinstance(err, Exception) else Exception(str(err))
+        remaining -= batch
+        batch = min(2 * batch, remaining)
+    return successes, None
+
+
+# ---------------------------------------------------------------------- deletion ranking
+
+
+def _ready_since(pod: Obj) -> float | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready" and c.get("status") == "True":
+            return parse_time(c.get("lastTransitionTime"))
+    return None
+
+
+def _deletion_cost(pod: Obj) -> int:
+    raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(POD_DELETION_COST)
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
+
+
+def _restarts(pod: Obj) -> int:
+    return max((int(cs.get("restartCount") or 0) for cs in (pod.get("status") or {}).get("containerStatuses") or []),
+               default=0)
+
+
+def _log_rank(t: float, now: float) -> int:
+    """Upstream's logarithmic bucket of an age in nanoseconds, so near-equal ages tie."""
+    d = (now - t) * 1e9
+    return int(math.log2(d)) if d > 0 else -1
+
+
+def _less(a: Obj, b: Obj, rank_a: int, rank_b: int, now: float) -> bool:
+    """True when pod a should be deleted before pod b (upstream's ActivePodsWithRanks.Less)."""
+    na, nb = (a.get("spec") or {}).get("nodeName") or "", (b.get("spec") or {}).get("nodeName") or ""
+    if na != nb and (not na or not nb):
+        return not na
+    pa = _PHASE_ORDINAL.get((a.get("status") or {}).get("phase") or "Pending", 0)
+    pb = _PHASE_ORDINAL.get((b.get("status") or {}).get("phase") or "Pending", 0)
+    if pa != pb:
+        return pa < pb
+    ra, rb = is_pod_ready(a), is_pod_ready(b)
+    if ra != rb:
+        return not ra
+    ca, cb = _deletion_cost(a), _deletion_cost(b)
+    if ca != cb:
+        return ca < cb
+    if rank_a != rank_b:
+        # More siblings on the same node: spread what remains.
+        return rank_a > rank_b
+    if ra and rb:
+        ta, tb = _ready_since(a), _ready_since(b)
+        if ta != tb:
+            less = _newer_first(a, b, ta, tb, now)
+            if less is not None:
+                return less
+    xa, xb = _restarts(a), _restarts(b)
+    if xa != xb:
+        return xa > xb
+    ta = parse_time((a.get("metadata") or {}).get("creationTimestamp"))
+    tb = parse_time((b.get("metadata") or {}).get("creationTimestamp"))
+    if ta != tb:
+        less = _newer_first(a, b, ta, tb, now)
+        if less is not None:
+            return less
+    return False
+
+
+def _newer_first(a: Obj, b: Obj, ta: float | None, tb: float | None, now: float) -> bool | None:
+    if ta is None or tb is None:
+        return ta is None
+    diff = _log_rank(ta, now) - _log_rank(tb, now)
+    if diff == 0:
+        ua, ub = (a.get("metadata") or {}).get("uid") or "", (b.get("metadata") or {}).get("uid") or ""
+        return ua < ub if ua != ub else None
+    return diff < 0
+
+
+def pods_to_delete(pods: list[Obj], related: list[Obj], n: int, now: float | None = None) -> list[Obj]:
+    """The n least valuable of `pods`; `related` (pods of sibling ReplicaSets) ranks node crowding."""
+    if n >= len(pods):
+        return list(pods)
+    now = time.time() if now is None else now
+    on_node: dict[str, int] = {}
+    for p in related:
+        if is_pod_active(p):
+            node = (p.get("spec") or {}).get("nodeName") or ""
+            on_node[node] = on_node.get(node, 0) + 1
+    ranked = [(p, on_node.get((p.get("spec") or {}).get("nodeName") or "", 0)) for p in pods]
+    # A comparison sort: the rule is pairwise (it buckets ages relative to now
+    # and breaks bucket ties by uid), not a key function.
+    def cmp(x: tuple[Obj, int], y: tuple[Obj, int]) -> int:
+        if _less(x[0], y[0], x[1], y[1], now):
+            return -1
+        if _less(y[0], x[0], y[1], x[1], now):
+            return 1
+        return 0
+    ranked.sort(key=functools.cmp_to_key(cmp))
+    return [p for p, _ in ranked[:n]]
+
+
+# ---------------------------------------------------------------------- claiming
+
+
+class RefManager:
+    """Adopts and releases dependents for one controller object (upstream's ControllerRefManager).
+
+    The live owner is re-read once, lazily, before the first adoption, so a
+    controller being deleted never adopts from a stale cache.
+    """
+
+    def __init__(self, client: Client, owner: Obj, owner_api: tuple[str, str], dependent_api: tuple[str, str],
+                 selector: LabelSelector):
+        self.client = client
+        self.owner = owner
+        self.owner_api = owner_api
+        self.dependents = client.resource(*dependent_api)
+        self.selector = selector
+        self._can_adopt: bool | None = None
+
+    async def can_adopt(self) -> bool:
+        if self._can_adopt is None:
+            m = self.owner["metadata"]
+            try:
+                fresh = await self.client.resource(*self.owner_api).get(m["name"], m.get("namespace"))
+            except StatusError as e:
+                if e.code != 404:
+                    raise
+                fresh = None
+            fm = (fresh or {}).get("metadata") or {}
+            self._can_adopt = bool(fresh) and fm.get("uid") == m.get("uid") and not fm.get("deletionTimestamp")
+        return self._can_adopt
+
+    async def claim(self, objs: list[Obj]) -> list[Obj]:
+        """The objects this owner controls after adopting matching orphans and releasing non-matching ones."""
+        m = self.owner["metadata"]
+        uid = m["uid"]
+        deleting = bool(m.get("deletionTimestamp"))
+        claimed: list[Obj] = []
+        errors: list[Exception] = []
+        for obj in objs:
+            om = obj.get("metadata") or {}
+            ref = controller_ref(obj)
+            matches = self.selector.matches(om.get("labels") or {})
+            try:
+                if ref is not None:
+                    if ref.get("uid") != uid:
+                        continue
+                    if matches:
+                        claimed.append(obj)
+                    elif not deleting:
+                        await self._release(obj)
+                    continue
+                if deleting or not matches or om.get("deletionTimestamp") or om.get("namespace") != m.get("namespace"):
+                    continue
+                if not await self.can_adopt():
+                    continue
+                adopted = await self._adopt(obj)
+                if adopted is not None:
+                    claimed.append(adopted)
+            except StatusError as e:
+                if e.code != 404:
+                    errors.append(e)
+        if errors:
+            raise errors[0]
+        return claimed
+
+    async def _adopt(self, obj: Obj) -> Obj | None:
+        om = obj["metadata"]
+        patch = {"metadata": {"ownerReferences": [owner_reference(self.owner)], "uid": om.get("uid")}}
+        try:
+            return await self.dependents.patch(om["name"], patch, namespace=om.get("namespace"),
+                                               patch_type="strategic")
+        except StatusError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    async def _release(self, obj: Obj) -> None:
+        om = obj["metadata"]
+        patch = {"metadata": {"ownerReferences": [{"$patch": "delete", "uid": self.owner["metadata"]["uid"]}],
+                              "uid": om.get("uid")}}
+        try:
+            await self.dependents.patch(om["name"], patch, namespace=om.get("namespace"), patch_type="strategic")
+        except StatusError as e:
+            # Already gone, or another writer already changed its references.
+            if e.code not in (404, 422):
+                raise
+
+
+# ---------------------------------------------------------------------- the controller
+
+
+def _condition(status: Obj, typ: str) -> Obj | None:
+    for c in status.get("conditions") or []:
+        if c.get("type") == typ:
+            return c
+    return None
+
+
+class ReplicaSetController(Controller):
+    name = "replicaset"
+    workers = 4
+
+    def __init__(self, client: Client, *, burst_replicas: int = BURST_REPLICAS):
+        super().__init__(client)
+        self.burst_replicas = burst_replicas
+        self.expectations = Expectations()
+        self.rs_client = client.resource("apps/v1", "replicasets")
+        self.pod_client = client.resource("v1", "pods")
+        self.replicasets = self.informer("apps/v1", "replicasets")
+        self.pods = self.informer("v1", "pods")
+        self.pods.add_index(CONTROLLER_INDEX, controller_uid_index)
+        self.replicasets.add_index(CONTROLLER_INDEX, controller_uid_index)
+        self.replicasets.add_handler(on_add=self._rs_changed, on_update=lambda _o, n: self._rs_changed(n),
+                                     on_delete=self._rs_changed)
+        self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
+
+    # ------------------------------------------------------------ event handlers
+
+    def _rs_changed(self, rs: Obj) -> None:
+        self.enqueue(key_of(rs))
+
+    def _owner_key(self, pod: Obj, ref: Obj | None) -> str | None:
+        """The key of the ReplicaSet `ref` names, if it is the one in the cache (same uid)."""
+        if ref is None or ref.get("kind") != "ReplicaSet" or not (ref.get("apiVersion") or "").startswith("apps/"):
+            return None
+        ns = (pod.get("metadata") or {}).get("namespace")
+        rs = self.replicasets.get_by_name(ref.get("name", ""), ns)
+        if rs is None or rs["metadata"].get("uid") != ref.get("uid"):
+            return None
+        return key_of(rs)
+
+    def _enqueue_matching(self, pod: Obj) -> None:
+        """An orphan concerns every ReplicaSet whose selector matches it: one of them may adopt it."""
+        m = pod.get("metadata") or {}
+        labels = m.get("labels") or {}
+        for rs in self.replicasets.list_by_namespace(m.get("namespace") or ""):
+            try:
+                if from_label_selector_object((rs.get("spec") or {}).get("selector")).matches(labels):
+                    self.enqueue(key_of(rs))
+            except InvalidSelector:
+                continue
+
+    def _pod_added(self, pod: Obj) -> None:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            # Seen already terminating (e.g. after a relist): that is its deletion.
+            self._pod_deleted(pod)
+            return
+        ref = controller_ref(pod)
+        if ref is not None:
+            key = self._owner_key(pod, ref)
+            if key:
+                self.expectations.creation_observed(key)
+                self.enqueue(key)
+            return
+        self._enqueue_matching(pod)
+
+    def _pod_updated(self, old: Obj, new: Obj) -> None:
+        om, nm = old.get("metadata") or {}, new.get("metadata") or {}
+        if nm.get("deletionTimestamp") and not om.get("deletionTimestamp"):
+            # Graceful deletion: the pod leaves the active set now, not when it is gone.
+            self._pod_deleted(new)
+            return
+        old_ref, new_ref = controller_ref(old), controller_ref(new)
+        if old_ref is not None and (new_ref is None or old_ref.get("uid") != new_ref.get("uid")):
+            key = self._owner_key(old, old_ref)
+            if key:
+                self.enqueue(key)
+        if new_ref is not None:
+            key = self._owner_key(new, new_ref)
+            if key:
+                self.enqueue(key)
+            return
+        if om.get("labels") != nm.get("labels") or old_ref is not None or om.get("resourceVersion") == nm.get(
+                "resourceVersion"):
+            self._enqueue_matching(new)
+
+    def _pod_deleted(self, pod: Obj) -> None:
+        ref = controller_ref(pod)
+        key = self._owner_key(pod, ref)
+        if key:
+            self.expectations.deletion_observed(key, key_of(pod))
+            self.enqueue(key)
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, key: str) -> None:
+        rs = self.replicasets.get(key)
+        if rs is None:
+            self.expectations.forget(key)
+            return
+        spec = rs.get("spec") or {}
+        try:
+            selector = from_label_selector_object(spec.get("selector"))
+        except InvalidSelector as e:
+            log.warning("replicaset %s has an invalid selector: %s", key, e)
+            return
+        needs_sync = self.expectations.satisfied(key) and not rs["metadata"].get("deletionTimestamp")
+        ns = rs["metadata"].get("namespace") or ""
+        active = [p for p in self.pods.list_by_namespace(ns) if is_pod_active(p)]
+        owned = await RefManager(self.client, rs, ("apps/v1", "replicasets"), ("v1", "pods"), selector).claim(active)
+        manage_err: Exception | None = None
+        diff = 0
+        if needs_sync:
+            diff = len(owned) - int(spec.get("replicas", 1) or 0)
+            manage_err = await self._manage_replicas(key, rs, owned, diff)
+        now = time.time()
+        status = self._calculate_status(rs, owned, manage_err, diff, now)
+        await self._update_status(rs, status)
+        if manage_err is not None:
+            raise manage_err
+        after = self._next_availability(rs, owned, now)
+        if after is not None:
+            raise Requeue(after=after)
+
+    async def _manage_replicas(self, key: str, rs: Obj, owned: list[Obj], diff: int) -> Exception | None:
+        if diff < 0:
+            n = min(-diff, self.burst_replicas)
+            # Acting on a fresh, satisfied view: whatever was left of old
+            # (timed-out) expectations no longer counts.
+            self.expectations.forget(key)
+            self.expectations.expect_creations(key, n)
+            template = (rs.get("spec") or {}).get("template") or {}
+            ns = rs["metadata"].get("namespace")
+
+            async def create() -> None:
+                pod = pod_from_template(template, rs, generate_name=rs["metadata"]["name"] + "-")
+                await self.pod_client.create(pod, ns)
+
+            successes, err = await slow_start_batch(n, SLOW_START_INITIAL_BATCH, create)
+            # Pods never created will never be observed: stop waiting for them.
+            for _ in range(n - successes):
+                self.expectations.creation_failed(key)
+            return err
+        if diff > 0:
+            n = min(diff, self.burst_replicas)
+            victims = pods_to_delete(owned, self._related_pods(rs), n)
+            pod_keys = [key_of(p) for p in victims]
+            self.expectations.forget(key)
+            self.expectations.expect_deletions(key, pod_keys)
+
+            async def delete(pod: Obj) -> Exception | None:
+                m = pod["metadata"]
+                try:
+                    await self.pod_client.delete(m["name"], m.get("namespace"),
+                                                 preconditions={"uid": m.get("uid")})
+                except StatusError as e:
+                    self.expectations.deletion_observed(key, key_of(pod))
+                    if e.code not in (404, 409):
+                        return e
+                return None
+
+            results = await asyncio.gather(*(delete(p) for p in victims))
+            errs = [e for e in results if e is not None]
+            return errs[0] if errs else None
+        return None
+
+    def _related_pods(self, rs: Obj) -> list[Obj]:
+        """Pods of every ReplicaSet with the same controller (a Deployment's other revisions)."""
+        owner = controller_ref(rs)
+        siblings = self.replicasets.by_index(CONTROLLER_INDEX, owner["uid"]) if owner and owner.get("uid") else [rs]
+        pods: list[Obj] = []
+        for s in siblings:
+            pods.extend(self.pods.by_index(CONTROLLER_INDEX, s["metadata"].get("uid", "")))
+        return pods
+
+    def _calculate_status(self, rs: Obj, owned: list[Obj], err: Exception | None, diff: int, now: float) -> Obj:
+        spec = rs.get("spec") or {}
+        min_ready = int(spec.get("minReadySeconds") or 0)
+        template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        template_selector = LabelSelector.from_dict(template_labels)
+        old = rs.get("status") or {}
+        status: Obj = {
+            "replicas": len(owned),
+            "fullyLabeledReplicas": sum(
+                1 for p in owned if template_selector.matches((p.get("metadata") or {}).get("labels") or {})),
+            "readyReplicas": sum(1 for p in owned if is_pod_ready(p)),
+            "availableReplicas": sum(1 for p in owned if is_pod_available(p, min_ready, now)),
+            "observedGeneration": rs["metadata"].get("generation", 0),
+        }
+        conditions = [dict(c) for c in old.get("conditions") or []]
+        failure = _condition({"conditions": conditions}, "ReplicaFailure")
+        if err is not None and failure is None:
+            reason = "FailedCreate" if diff < 0 else "FailedDelete"
+            message = getattr(err, "message", None) or str(err)
+            conditions.append({"type": "ReplicaFailure", "status": "True", "lastTransitionTime": now_rfc3339(),
+                               "reason": reason, "message": message})
+        elif err is None and failure is not None:
+            conditions = [c for c in conditions if c.get("type") != "ReplicaFailure"]
+        if conditions:
+            status["conditions"] = conditions
+        return status
+
+    async def _update_status(self, rs: Obj, status: Obj) -> None:
+        old = rs.get("status") or {}
+        if all(old.get(k, 0) == status[k] for k in ("replicas", "fullyLabeledReplicas", "readyReplicas",
+                                                    "availableReplicas", "observedGeneration")) and \
+                (old.get("conditions") or []) == (status.get("conditions") or []):
+            return
+        obj = dict(rs)
+        obj["status"] = status
+        try:
+            await self.rs_client.update_status(obj)
+        except StatusError as e:
+            if e.code != 409:
+                raise
+            # Someone (the deployment controller) wrote meanwhile: the status
+            # we computed is still what we saw, so write it onto the fresh object.
+            fresh = await self.rs_client.get(rs["metadata"]["name"], rs["metadata"].get("namespace"))
+            if fresh["metadata"].get("uid") != rs["metadata"].get("uid"):
+                return
+            fresh["status"] = status
+            await self.rs_client.update_status(fresh)
+
+    @staticmethod
+    def _next_availability(rs: Obj, owned: list[Obj], now: float) -> float | None:
+        """Seconds until the next ready pod passes minReadySeconds, if any is waiting."""
+        min_ready = int((rs.get("spec") or {}).get("minReadySeconds") or 0)
+        if min_ready <= 0:
+            return None
+        waits = []
+        for p in owned:
+            if is_pod_ready(p) and not is_pod_available(p, min_ready, now):
+                since = _ready_since(p)
+                if since is not None:
+                    waits.append(since + min_ready - now)
+        if not waits:
+            return None
+        # A hair past the boundary, so the availability check is already true.
+        return max(min(waits), 0.0) + 0.05
