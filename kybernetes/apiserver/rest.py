@@ -662,6 +662,12 @@ class REST:
     def _prepare_update(self, kind: Kind, new: dict, cur: dict, subresource: str) -> dict:
         nm = new.setdefault("metadata", {})
         cm = cur["metadata"]
+        if nm.get("uid") and nm["uid"] != cm.get("uid"):
+            # A uid in the written object is a precondition: it names the
+            # object the writer meant, which a same-named successor is not.
+            raise errors.conflict(kind.plural, kind.group, cm.get("name", ""),
+                                  f"Precondition failed: UID in precondition: {nm['uid']}, "
+                                  f"UID in object meta: {cm.get('uid')}")
         # Fields the server owns never change through an update.
         for k in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp",
                   "deletionGracePeriodSeconds", "generation"):

@@ -713,3 +713,11 @@ async def test_concurrent_service_creates_get_distinct_addresses(tmp_path: Path)
     finally:
         await client.close()
         await stop_api(api)
+
+
+async def test_uid_in_update_is_a_precondition(api: APIServer, client: Client) -> None:
+    await cms(client).create(cm("uidpre"))
+    code, st = await call(api, "PATCH", CMS + "/uidpre", {"metadata": {"uid": "not-the-uid"}},
+                          content_type="application/merge-patch+json")
+    assert code == 409 and st["reason"] == "Conflict"
+    assert "Precondition failed: UID in precondition: not-the-uid" in st["message"]
