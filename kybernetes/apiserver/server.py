@@ -26,7 +26,7 @@ from ..api.kinds import Kind, Registry, builtin_registry
 from ..api.schema import ServedResource, get_schema
 from ..api.selectors import field_set
 from ..storage.base import Compactor, Store
-from . import tables
+from . import eviction, tables
 from .admission import Admission, kubernetes_service_ip
 from .request import Request, Response
 from .rest import REST, ListOptions, decode_body, now_rfc3339
@@ -242,6 +242,8 @@ class APIServer:
                     s.update(group="autoscaling", version="v1", kind="Scale")
                 elif sub == "binding":
                     s.update(kind="Binding", verbs=["create"])
+                elif sub == "eviction":
+                    s.update(group="policy", version="v1", kind="Eviction", verbs=["create"])
                 elif sub == "finalize":
                     s.update(verbs=["update"])
                 res.append(s)
@@ -382,6 +384,9 @@ class APIServer:
         if sub == "binding" and m == "POST":
             await self.rest.bind(kind, ns or "", name, decode_body(req.body, ct))
             return Response(201, _status_ok(), JSON)
+        if sub == "eviction" and m == "POST":
+            code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), req.user)
+            return Response(code, raw, JSON)
         if sub == "finalize" and m == "PUT":
             code, raw = await self.rest.finalize_namespace(kind, name, decode_body(req.body, ct))
             return Response(code, raw, JSON)

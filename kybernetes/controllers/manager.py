@@ -14,6 +14,7 @@ from ..client import Client
 from .base import Controller
 from .cronjob import CronJobController
 from .deployment import DeploymentController
+from .disruption import DisruptionController
 from .garbagecollector import GarbageCollector
 from .job import JobController
 from .namespace import NamespaceController
@@ -33,6 +34,7 @@ class ControllerManager:
                                               GarbageCollector(client, resources),
                                               ReplicaSetController(client), DeploymentController(client),
                                               JobController(client), CronJobController(client),
+                                              DisruptionController(client),
                                               NodeLifecycleController(client,
                                                                       grace_period=node_monitor_grace_period)]
 
