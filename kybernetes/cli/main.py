@@ -111,6 +111,27 @@ async def run_server(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_hollow_nodes(args: argparse.Namespace) -> int:
+    from ..client import Client
+    from ..runtime.hollow import HollowNodes
+
+    log = logging.getLogger("kybernetes.hollow")
+    client = Client.from_kubeconfig(args.kubeconfig)
+    labels = dict(kv.split("=", 1) for kv in args.label or [])
+    hollow = HollowNodes(client, args.count, prefix=args.prefix, cpu=args.cpu, memory=args.memory,
+                         pods=args.max_pods, labels=labels, renew_interval=args.renew_interval)
+    await hollow.start()
+    log.info("%d hollow nodes registered (%s0 .. %s%d)", args.count, args.prefix, args.prefix, args.count - 1)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await hollow.stop()
+    await client.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="kyb", description="kybernetes: a Kubernetes-compatible orchestrator")
     p.add_argument("--log-level", default=os.environ.get("KYB_LOG_LEVEL", "info"),
@@ -129,6 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
                    choices=["debug", "info", "warning", "error"])
+    h = sub.add_parser("hollow-nodes", help="register simulated nodes that run pods without running anything")
+    h.add_argument("--count", type=int, required=True)
+    h.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or str(default_data_dir() / "kubeconfig"))
+    h.add_argument("--prefix", default="hollow-node-")
+    h.add_argument("--cpu", default="4")
+    h.add_argument("--memory", default="16Gi")
+    h.add_argument("--max-pods", type=int, default=110)
+    h.add_argument("--label", action="append", help="KEY=VALUE label on every hollow node")
+    h.add_argument("--renew-interval", type=float, default=10.0, help="seconds between lease renewals")
     sub.add_parser("version", help="print the version")
     args = p.parse_args(argv)
     level = getattr(args, "log_level_sub", None) or args.log_level
@@ -136,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "version":
         print(f"kyb {__version__} (Kubernetes API v1.32)")
         return 0
+    if args.cmd == "hollow-nodes":
+        return asyncio.run(run_hollow_nodes(args))
     if args.cmd == "server":
         _tune_malloc()
         try:
