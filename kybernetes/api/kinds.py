@@ -92,7 +92,7 @@ _ALL = ("all",)
 _k("", "v1", "Namespace", "namespaces", namespaced=False, short_names=("ns",), subresources=("status", "finalize"),
    has_spec=False, return_deleted=True)
 # Pods carry no metadata.generation in 1.32.
-_k("", "v1", "Pod", "pods", short_names=("po",), categories=_ALL, subresources=("status", "binding", "eviction"),
+_k("", "v1", "Pod", "pods", short_names=("po",), categories=_ALL, subresources=("status", "binding", "eviction", "log", "exec", "attach", "portforward"),
    has_spec=False, return_deleted=True)
 _k("", "v1", "Node", "nodes", namespaced=False, short_names=("no",), subresources=("status",))
 _k("", "v1", "Service", "services", short_names=("svc",), categories=_ALL, subresources=("status",),

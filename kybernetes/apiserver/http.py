@@ -17,6 +17,7 @@ import time
 from aiohttp import web
 
 from ..api import errors
+from . import proxy
 from .pki import PKI
 from .request import Request
 from .server import APIServer
@@ -97,6 +98,11 @@ def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
                 err = errors.unauthorized()
                 return web.Response(status=401, body=err.to_bytes(), content_type="application/json")
             who = ("system:anonymous", ("system:unauthenticated",))
+        if proxy.is_upgrade(request):
+            # exec/attach/port-forward: a WebSocket relayed to the pod's kubelet.
+            up = await proxy.handle_upgrade(api, request, who[0], who[1])
+            if up is not None:
+                return up
         body = await request.read() if request.can_read_body else b""
         req = Request(request.method, path, dict(request.query),
                       {k.lower(): v for k, v in request.headers.items()}, body, who[0], who[1])

@@ -26,7 +26,7 @@ from ..api.kinds import Kind, Registry, builtin_registry
 from ..api.schema import ServedResource, get_schema
 from ..api.selectors import field_set
 from ..storage.base import Compactor, Store
-from . import eviction, tables
+from . import eviction, proxy, tables
 from .admission import Admission, kubernetes_service_ip
 from .request import Request, Response
 from .rest import REST, ListOptions, decode_body, now_rfc3339
@@ -64,6 +64,8 @@ class APIServer:
         self._openapi: dict[str, bytes] = {}
         self.started = False
         self._compactor: asyncio.Task | None = None
+        # How the API server reaches kubelets (logs, exec, attach, port-forward); set by kyb server.
+        self.kubelet_client: proxy.KubeletClient | None = None
         self.start_time = time.time()
 
     def _fields_for(self, prefix: str):
@@ -83,6 +85,8 @@ class APIServer:
         self.started = True
 
     async def stop(self) -> None:
+        if self.kubelet_client is not None:
+            await self.kubelet_client.close()
         if self._compactor is not None:
             self._compactor.cancel()
             try:
@@ -244,6 +248,11 @@ class APIServer:
                     s.update(kind="Binding", verbs=["create"])
                 elif sub == "eviction":
                     s.update(group="policy", version="v1", kind="Eviction", verbs=["create"])
+                elif sub == "log":
+                    s.update(verbs=["get"])
+                elif sub in ("exec", "attach", "portforward"):
+                    s.update(kind={"exec": "PodExecOptions", "attach": "PodAttachOptions",
+                                   "portforward": "PodPortForwardOptions"}[sub], verbs=["create", "get"])
                 elif sub == "finalize":
                     s.update(verbs=["update"])
                 res.append(s)
@@ -384,6 +393,11 @@ class APIServer:
         if sub == "binding" and m == "POST":
             await self.rest.bind(kind, ns or "", name, decode_body(req.body, ct))
             return Response(201, _status_ok(), JSON)
+        if sub == "log" and m == "GET":
+            return await proxy.pod_log(self, ns or "", name, query)
+        if sub in proxy.UPGRADE_SUBRESOURCES:
+            # Only an HTTP upgrade (handled by the front door) can carry these streams.
+            raise proxy.upgrade_required()
         if sub == "eviction" and m == "POST":
             code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), req.user)
             return Response(code, raw, JSON)

@@ -66,6 +66,8 @@ async def run_server(args: argparse.Namespace) -> int:
     host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     advertise = f"{host_for_url}:{args.port}"
     api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise)
+    from ..apiserver.proxy import KubeletClient
+    api.kubelet_client = KubeletClient.from_pki(pki)
     await api.start()
     tokens = TokenAuth()
     tokens.add(pki.token_file.read_text().strip(), "admin", ("system:masters", "system:authenticated"))
