@@ -27,6 +27,8 @@ from ..api.schema import ServedResource, get_schema
 from ..api.selectors import field_set
 from ..storage.base import Compactor, Store
 from . import eviction, proxy, tables
+from .metrics import Metrics
+from . import metrics as metrics_api
 from .admission import Admission, kubernetes_service_ip
 from .request import Request, Response
 from .rest import REST, ListOptions, decode_body, now_rfc3339
@@ -66,6 +68,7 @@ class APIServer:
         self._compactor: asyncio.Task | None = None
         # How the API server reaches kubelets (logs, exec, attach, port-forward); set by kyb server.
         self.kubelet_client: proxy.KubeletClient | None = None
+        self.metrics = Metrics(self)
         self.start_time = time.time()
 
     def _fields_for(self, prefix: str):
@@ -153,6 +156,12 @@ class APIServer:
             if not segs:
                 return self._cached("apis", self._api_groups)
             group = segs[0]
+            if group == metrics_api.GROUP:
+                if len(segs) == 1:
+                    return self._json({"kind": "APIGroup", "apiVersion": "v1", **metrics_api.group_entry()})
+                if segs[1] != metrics_api.VERSION:
+                    raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+                return await self.metrics.handle(req, segs[2:])
             if len(segs) == 1:
                 g = self._group(group)
                 if g is None:
@@ -222,6 +231,7 @@ class APIServer:
 
     def _api_groups(self) -> dict:
         groups = [self._group(g) for g in self.registry.groups() if g]
+        groups.append(metrics_api.group_entry())
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
     def _resource_list(self, group: str, version: str) -> dict | None:

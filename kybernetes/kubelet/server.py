@@ -42,6 +42,7 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from kybernetes.runtime.base import ContainerState, Runtime, RuntimeServiceError, StreamHandle
+from kybernetes.kubelet.stats import StatsProvider
 from kybernetes.runtime.logs import LogOptions, parse_timestamp, read_logs
 
 log = logging.getLogger("kybernetes.kubelet.server")
@@ -174,6 +175,7 @@ class KubeletServer:
         self.allowed_groups = frozenset(allowed_groups)
         self._runner: web.AppRunner | None = None
         self._sessions: set[asyncio.Task] = set()
+        self._stats: StatsProvider | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def app(self) -> web.Application:
@@ -186,6 +188,7 @@ class KubeletServer:
         app.router.add_get("/portForward/{ns}/{pod}", self.port_forward)
         app.router.add_post("/portForward/{ns}/{pod}", self.port_forward)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/stats/summary", self._stats_summary)
         return app
 
     async def start(self) -> None:
@@ -224,6 +227,13 @@ class KubeletServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _stats_summary(self, request: web.Request) -> web.Response:
+        """Resource usage of the node and its pods, which the API server's metrics API reads."""
+        if self._stats is None:
+            name = getattr(self.kubelet, "node_name", None) or os.uname().nodename
+            self._stats = StatsProvider(self.kubelet.runtime, name)
+        return web.json_response(await self._stats.summary())
 
     # -- lookups --------------------------------------------------------------
     async def _find(self, ns: str, pod: str, container: str) -> tuple[str | None, str | None, str | None]:
