@@ -113,7 +113,7 @@ async def main() -> None:
     ap.add_argument("--gets", type=int, default=20000)
     ap.add_argument("--watchers", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--disable", default="controllers,scheduler",
+    ap.add_argument("--disable", default="controllers,scheduler,kubelet",
                     help="components kyb server leaves out (default: measure the API server alone, as "
                          "kube-apiserver is measured); '' runs the whole single-node control plane")
     a = ap.parse_args()

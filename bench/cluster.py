@@ -122,7 +122,7 @@ async def count_bound(client: Client, ns: str) -> int:
 
 async def bench_scheduler(a: argparse.Namespace) -> None:
     # Baseline: the same creates with no scheduler binding anything.
-    base = Server(disable="scheduler,controllers")
+    base = Server(disable="scheduler,controllers,kubelet")
     client = await base.ready()
     await client.resource("v1", "namespaces", False).create({"metadata": {"name": "b"}})
     base_s = await create_pods(client, "b", a.pods, "plain")
@@ -131,7 +131,7 @@ async def bench_scheduler(a: argparse.Namespace) -> None:
     base_rate = a.pods / base_s
     print(f"baseline: {a.pods} pod creates with no scheduler: {base_rate:.0f} pods/s")
     for kind in a.kinds.split(","):
-        srv = Server(disable="controllers")
+        srv = Server(disable="controllers,kubelet")
         client = await srv.ready()
         hollow = HollowNodes(client, a.nodes, renew_interval=30.0, pods=max(110, a.pods // a.nodes * 2))
         await hollow.register()
@@ -157,7 +157,7 @@ async def bench_scheduler(a: argparse.Namespace) -> None:
 
 
 async def bench_workloads(a: argparse.Namespace) -> None:
-    srv = Server()
+    srv = Server(disable="kubelet")
     client = await srv.ready()
     hollow = HollowNodes(client, a.nodes, renew_interval=20.0, pods=max(110, a.replicas // a.nodes * 2))
     await hollow.start()

@@ -347,6 +347,9 @@ class APIServer:
         warnings: list[str] = []
         manager = ssa.manager_name(query.get("fieldManager"), req.headers.get("user-agent", ""))
         accept = req.headers.get("accept", "")
+        if query.get("includeObject"):
+            # Table rows carry the whole object when asked (kubectl get --sort-by does).
+            accept += ";includeObject=" + query["includeObject"]
         ct = req.headers.get("content-type", "")
         if name is None:
             if m == "GET":
@@ -483,7 +486,13 @@ async def _metadata_events(stream):
 
 
 def _include(accept: str) -> str:
-    return "Metadata"
+    i = accept.rfind(";includeObject=")
+    if i < 0:
+        return "Metadata"
+    value = accept[i + len(";includeObject="):]
+    if value not in ("None", "Metadata", "Object"):
+        raise errors.bad_request(f"includeObject: unsupported value {value!r}: must be None, Metadata or Object")
+    return value
 
 
 def version_info() -> dict:

@@ -154,7 +154,11 @@ class Watcher:
                 if timeout is None:
                     await self.wake.wait()
                 else:
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                    # cancellation that races with the event firing, and a closing
+                    # watch would then never finish.
+                    async with asyncio.timeout(timeout):
+                        await self.wake.wait()
             except TimeoutError:
                 return []
         out = list(self.queue)

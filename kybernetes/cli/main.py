@@ -71,6 +71,8 @@ async def run_server(args: argparse.Namespace) -> int:
     await api.start()
     tokens = TokenAuth()
     tokens.add(pki.token_file.read_text().strip(), "admin", ("system:masters", "system:authenticated"))
+    # Agents join with this token (kyb agent --token); nodes act with node rights.
+    tokens.add(pki.join_token_file.read_text().strip(), "system:node:agent", ("system:nodes", "system:authenticated"))
     runner = await serve(api, tokens, args.bind, args.port, server_ssl_context(pki))
     url = f"https://{host_for_url}:{args.port}" if ":" not in host_for_url else f"https://[{host_for_url}]:{args.port}"
     kubeconfig = data / "kubeconfig"
@@ -79,7 +81,7 @@ async def run_server(args: argparse.Namespace) -> int:
     from ..api import protobuf
     warm = asyncio.get_running_loop().run_in_executor(None, protobuf.default_pool)
     disabled = {d.strip() for d in (args.disable or "").split(",") if d.strip()}
-    unknown = disabled - {"controllers", "scheduler"}
+    unknown = disabled - {"controllers", "scheduler", "kubelet"}
     if unknown:
         raise SystemExit(f"kyb server: --disable: unknown component(s) {', '.join(sorted(unknown))}")
     manager = None
@@ -92,6 +94,11 @@ async def run_server(args: argparse.Namespace) -> int:
         from ..scheduler import Scheduler, SchedulerConfig
         scheduler = Scheduler(Client.in_process(api.handle), SchedulerConfig())
         await scheduler.start()
+    node = None
+    if "kubelet" not in disabled:
+        # The embedded node, as k3s runs one: a kubelet on the process runtime.
+        from ..client import Client
+        node = await start_node(Client.in_process(api.handle), pki, data, args)
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
     log.info("export KUBECONFIG=%s", kubeconfig)
     log.info("join token in %s", pki.join_token_file)
@@ -102,6 +109,8 @@ async def run_server(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting down")
     await warm
+    if node is not None:
+        await node.stop()
     if scheduler is not None:
         await scheduler.stop()
     if manager is not None:
@@ -110,6 +119,90 @@ async def run_server(args: argparse.Namespace) -> int:
     await runner.cleanup()
     await store.close()
     log.info("stopped")
+    return 0
+
+
+class Node:
+    """A kubelet, its runtime and its streaming server, started and stopped together."""
+
+    def __init__(self, kubelet, runtime, server, client):
+        self.kubelet, self.runtime, self.server, self.client = kubelet, runtime, server, client
+
+    async def stop(self) -> None:
+        await self.kubelet.stop()
+        await self.server.stop()
+        await self.runtime.close()
+        await self.client.close()
+
+
+async def start_node(client, pki, data: Path, args: argparse.Namespace) -> Node:
+    import socket
+
+    from ..kubelet import Kubelet, KubeletConfig
+    from ..kubelet.server import KubeletServer, ensure_serving_cert, serving_ssl_context
+    from ..runtime.process import ProcessRuntime
+
+    name = args.node_name or socket.gethostname().lower()
+    node_ip = args.node_ip
+    crt, key = data / "pki" / "kubelet.crt", data / "pki" / "kubelet.key"
+    ensure_serving_cert(pki, crt, key, sorted({node_ip, name, "127.0.0.1", "localhost"}))
+    # The server learns the kubelet after it knows its port, which the Node object publishes.
+    server = KubeletServer(None, node_ip, args.kubelet_port, serving_ssl_context(pki.ca_cert, crt, key))
+    await server.start()
+    runtime = ProcessRuntime(str(data / "runtime"))
+    kubelet = Kubelet(client, runtime, KubeletConfig(
+        node_name=name, root_dir=str(data / "kubelet"), host_ip=node_ip, port=server.port,
+        static_pod_path=str(data / "manifests")))
+    server.kubelet = kubelet
+    await kubelet.start()
+    return Node(kubelet, runtime, server, client)
+
+
+async def run_agent(args: argparse.Namespace) -> int:
+    from ..apiserver.pki import PKI
+    from ..client import Client
+    from ..client.transport import HTTPTransport
+
+    log = logging.getLogger("kybernetes.agent")
+    data = Path(args.data_dir).expanduser().resolve()
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    client = Client(HTTPTransport(args.server, token=args.token, ca_file=args.ca_file or None,
+                                  insecure=not args.ca_file))
+    try:
+        await client.request("GET", "/api/v1/namespaces/default")
+    except Exception as e:  # noqa: BLE001 - any failure here means we cannot join
+        await client.close()
+        raise SystemExit(f"kyb agent: cannot join {args.server}: {e}") from None
+    # The kubelet's serving certificate comes from the cluster CA; an agent on the
+    # server's machine reads it from the server's data dir (--server-data-dir).
+    pki = PKI(Path(args.server_data_dir).expanduser().resolve() / "pki")
+    if not pki.ca_key.exists():
+        await client.close()
+        raise SystemExit("kyb agent: --server-data-dir must point at the server's data dir (its CA signs the "
+                         "kubelet's serving certificate)")
+    (data / "pki").mkdir(exist_ok=True, mode=0o700)
+    node = await start_node(client, pki, data, args)
+    log.info("agent: node %s joined %s", node.kubelet.node_name, args.server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await node.stop()
+    return 0
+
+
+async def run_killall(args: argparse.Namespace) -> int:
+    """Stop and remove every pod the node of a data dir runs (kubelets leave them running on exit)."""
+    from ..runtime.process import ProcessRuntime
+
+    data = Path(args.data_dir).expanduser().resolve()
+    runtime = ProcessRuntime(str(data / "runtime"))
+    for sb in await runtime.list_pod_sandboxes():
+        await runtime.stop_pod_sandbox(sb.id)
+        await runtime.remove_pod_sandbox(sb.id)
+    runtime.kill_strays()
+    await runtime.close()
     return 0
 
 
@@ -149,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated components not to run in this process: controllers, scheduler")
     s.add_argument("--node-monitor-grace-period", type=float, default=40.0,
                    help="seconds without a lease renewal before a node is Unknown and tainted")
+    s.add_argument("--node-name", default="", help="name of the embedded node (default: the host name)")
+    s.add_argument("--node-ip", default="127.0.0.1", help="address the embedded node's kubelet listens on")
+    s.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
                    choices=["debug", "info", "warning", "error"])
@@ -161,6 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--max-pods", type=int, default=110)
     h.add_argument("--label", action="append", help="KEY=VALUE label on every hollow node")
     h.add_argument("--renew-interval", type=float, default=10.0, help="seconds between lease renewals")
+    ag = sub.add_parser("agent", help="run a node (kubelet) that joins a server")
+    ag.add_argument("--server", required=True, help="https://HOST:PORT of the API server")
+    ag.add_argument("--token", required=True, help="the join token (<server data dir>/pki/join.token)")
+    ag.add_argument("--name", dest="node_name", default="")
+    ag.add_argument("--ca-file", default="", help="the cluster CA (default: <server data dir>/pki/ca.crt)")
+    ag.add_argument("--server-data-dir", default=str(default_data_dir()))
+    ag.add_argument("--data-dir", default=str(default_data_dir() / "agent"))
+    ag.add_argument("--node-ip", default="127.0.0.1")
+    ag.add_argument("--kubelet-port", type=int, default=10250)
+    k = sub.add_parser("killall", help="stop every pod a data dir's node runs")
+    k.add_argument("--data-dir", default=str(default_data_dir()))
     sub.add_parser("version", help="print the version")
     args = p.parse_args(argv)
     level = getattr(args, "log_level_sub", None) or args.log_level
@@ -168,15 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "version":
         print(f"kyb {__version__} (Kubernetes API v1.32)")
         return 0
+    if args.cmd == "agent":
+        if not args.ca_file:
+            args.ca_file = str(Path(args.server_data_dir).expanduser() / "pki" / "ca.crt")
+        return asyncio.run(run_agent(args))
+    if args.cmd == "killall":
+        return asyncio.run(run_killall(args))
     if args.cmd == "hollow-nodes":
         return asyncio.run(run_hollow_nodes(args))
     if args.cmd == "server":
         _tune_malloc()
-        try:
-            import uvloop  # measurably faster event loop where installed
-            uvloop.install()
-        except ImportError:
-            pass
+        if not os.environ.get("KYB_NO_UVLOOP"):
+            try:
+                import uvloop  # measurably faster event loop where installed
+                uvloop.install()
+            except ImportError:
+                pass
         try:
             return asyncio.run(run_server(args))
         except KeyboardInterrupt:

@@ -179,10 +179,13 @@ class _InProcessStream(EventStream):
         self._closed = True
         pump, self._pump = self._pump, None
         self._queue.put_nowait(_EOF)  # wakes a reader blocked in another task
-        if pump is not None and not pump.done():
+        # A cancellation can be swallowed by code racing with it inside the
+        # server's stream; keep asking until the pump has really stopped.
+        while pump is not None and not pump.done():
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await asyncio.wait({pump}, timeout=0.5)
+        if pump is not None and pump.done() and not pump.cancelled():
+            pump.exception()  # retrieved, so it is never reported as unhandled
 
 
 async def _aclose(source: AsyncIterator[bytes]) -> None:

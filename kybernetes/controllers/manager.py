@@ -13,13 +13,16 @@ import logging
 from ..client import Client
 from .base import Controller
 from .cronjob import CronJobController
+from .daemonset import DaemonSetController
 from .deployment import DeploymentController
 from .disruption import DisruptionController
+from .hpa import HorizontalPodAutoscalerController
 from .garbagecollector import GarbageCollector
 from .job import JobController
 from .namespace import NamespaceController
 from .nodelifecycle import NodeLifecycleController
 from .replicaset import ReplicaSetController
+from .statefulset import StatefulSetController
 
 log = logging.getLogger("kybernetes.controllers")
 
@@ -33,8 +36,10 @@ class ControllerManager:
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources),
                                               ReplicaSetController(client), DeploymentController(client),
+                                              DaemonSetController(client), StatefulSetController(client),
                                               JobController(client), CronJobController(client),
                                               DisruptionController(client),
+                                              HorizontalPodAutoscalerController(client),
                                               NodeLifecycleController(client,
                                                                       grace_period=node_monitor_grace_period)]
 

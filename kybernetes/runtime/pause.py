@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--hostname", default="")
     p.add_argument("--ns", default="pid,uts,ipc")
+    # Names the runtime that made this holder, so that a cleanup can find holders whose
+    # sandbox was never recorded (the runtime stopped half way through creating it).
+    p.add_argument("--owner", default="")
     a = p.parse_args(argv)
     kinds = [k for k in a.ns.split(",") if k]
     flags = nsutil.CLONE_NEWNS
@@ -81,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
+        # Whatever else we inherited (an event loop's spare copy of our stdout pipe,
+        # say) would keep the runtime waiting for an end of file that never comes.
+        os.closerange(3, 65536)
         reap_forever()
     os.close(w)
     msg = os.read(r, 4096)

@@ -326,6 +326,31 @@ class ProcessRuntime(Runtime):
         self._cpu_samples: dict[str, tuple[float, int]] = {}
 
     # -- paths and records ----------------------------------------------------------
+    def kill_strays(self) -> int:
+        """Kill pod holders this runtime started but never recorded (it stopped mid-creation)."""
+        known = set()
+        for sb in os.listdir(os.path.join(self.root, "sandboxes")) if os.path.isdir(
+                os.path.join(self.root, "sandboxes")) else []:
+            rec = _load(os.path.join(self.root, "sandboxes", sb, "sandbox.json")) or {}
+            if (rec.get("holder") or {}).get("pid"):
+                known.add(rec["holder"]["pid"])
+        killed = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"kybernetes.runtime.pause" in args and self.root.encode() in args and int(entry) not in known:
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+        return killed
+
     def _sdir(self, sid: str) -> str:
         return os.path.join(self.root, "sandboxes", sid)
 
@@ -410,6 +435,7 @@ class ProcessRuntime(Runtime):
                 )
             proc = await asyncio.create_subprocess_exec(
                 self.python, "-m", "kybernetes.runtime.pause", "--hostname", hostname, "--ns", ",".join(kinds),
+                "--owner", self.root,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, env=self._env(), start_new_session=True,
             )

@@ -436,7 +436,7 @@ def kyb_server(tmp_path_factory):
     log = data / "server.log"
     with open(log, "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(data),
-                                 "--port", str(port)], stdout=logf, stderr=logf)
+                                 "--port", str(port), "--disable", "kubelet"], stdout=logf, stderr=logf)
     try:
         deadline = time.monotonic() + 30
         while b"ready at" not in log.read_bytes():

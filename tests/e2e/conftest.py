@@ -37,7 +37,8 @@ class Server:
         logf = open(self.log, "ab")  # noqa: SIM115 - the server process owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), "--log-level", os.environ.get("KYB_TEST_LOG_LEVEL", "info")],
+             "--port", str(self.port), "--kubelet-port", "0",
+             "--log-level", os.environ.get("KYB_TEST_LOG_LEVEL", "info")],
             stdout=logf, stderr=logf)
         deadline = t0 + timeout
         while time.monotonic() < deadline:
@@ -60,6 +61,9 @@ class Server:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
+        # Kubelets leave pods running when they exit; a test leaves nothing behind.
+        subprocess.run([sys.executable, "-m", "kybernetes.cli.main", "killall", "--data-dir", str(self.data_dir)],
+                       capture_output=True, timeout=60, check=False)
         return rc
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
