@@ -1,0 +1,138 @@
+"""The embedded node of `kyb server` driven by the real kubectl: run, logs, exec, describe, delete, cordon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from .conftest import KUBECTL, Server, needs_kubectl, wait_for
+
+pytestmark = [needs_kubectl, pytest.mark.skipif(os.geteuid() != 0, reason="the process runtime isolates as root")]
+
+
+def _pod(server: Server, name: str) -> dict:
+    return server.kjson("get", "pod", name)
+
+
+def test_run_logs_exec_describe_delete(server: Server):
+    server.kubectl("run", "hello", "--image=busybox", "--restart=Never", "--command", "--",
+                   "sh", "-c", "echo hi; trap 'exit 0' TERM; while true; do sleep 0.2; done")
+    server.kubectl("wait", "--for=condition=Ready", "pod/hello", "--timeout=60s")
+    wide = server.kubectl("get", "pods", "-o", "wide").stdout
+    row = next(ln.split() for ln in wide.splitlines() if ln.startswith("hello"))
+    assert row[1:3] == ["1/1", "Running"] and row[5] != "<none>" and row[6] != "<none>", wide
+    assert wait_for(lambda: server.kubectl("logs", "hello").stdout == "hi\n")
+    assert server.kubectl("logs", "hello", "--tail=1").stdout == "hi\n"
+    assert "hi" in server.kubectl("logs", "hello", "--timestamps").stdout
+    assert "bin" in server.kubectl("exec", "hello", "--", "ls", "/").stdout.split()
+    p = server.kubectl("exec", "hello", "--", "sh", "-c", "exit 3", check=False)
+    assert p.returncode == 3
+    desc = server.kubectl("describe", "pod", "hello").stdout
+    for reason in ("Scheduled", "Created", "Started"):
+        assert reason in desc, desc
+    # The trap makes SIGTERM end the container at once: the delete does not wait out the grace period.
+    server.kubectl("delete", "pod", "hello", "--timeout=30s")
+    assert server.kubectl("get", "pod", "hello", check=False).returncode != 0
+
+
+def test_crashing_pod_backs_off(server: Server):
+    server.kubectl("run", "crash", "--image=busybox", "--restart=Always", "--command", "--", "sh", "-c", "exit 1")
+
+    def backing_off() -> bool:
+        st = _pod(server, "crash").get("status") or {}
+        cs = (st.get("containerStatuses") or [{}])[0]
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        return cs.get("restartCount", 0) >= 1 and waiting.get("reason") == "CrashLoopBackOff"
+    wait_for(backing_off, timeout=60)
+    cs = _pod(server, "crash")["status"]["containerStatuses"][0]
+    assert cs["lastState"]["terminated"]["exitCode"] == 1
+    assert "CrashLoopBackOff" in server.kubectl("get", "pod", "crash").stdout
+    server.kubectl("delete", "pod", "crash", "--timeout=30s")
+
+
+def test_configmap_env_and_volume(server: Server):
+    server.kubectl("create", "configmap", "cfg", "--from-literal=greeting=hello")
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cfgpod"},
+           "spec": {"containers": [{"name": "c", "image": "busybox",
+                                    "command": ["sh", "-c", "echo $GREETING; trap 'exit 0' TERM; "
+                                                "while true; do sleep 0.2; done"],
+                                    "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {
+                                        "name": "cfg", "key": "greeting"}}}],
+                                    "volumeMounts": [{"name": "v", "mountPath": "/etc/cfg"}]}],
+                    "volumes": [{"name": "v", "configMap": {"name": "cfg"}}]}}
+    server.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    server.kubectl("wait", "--for=condition=Ready", "pod/cfgpod", "--timeout=60s")
+    assert wait_for(lambda: server.kubectl("logs", "cfgpod").stdout == "hello\n")
+    assert server.kubectl("exec", "cfgpod", "--", "cat", "/etc/cfg/greeting").stdout == "hello"
+    server.kubectl("patch", "configmap", "cfg", "-p", '{"data":{"greeting":"bonjour"}}')
+    assert wait_for(lambda: server.kubectl("exec", "cfgpod", "--", "cat", "/etc/cfg/greeting",
+                                           check=False).stdout == "bonjour", timeout=60)
+    server.kubectl("delete", "pod", "cfgpod", "--timeout=30s")
+
+
+def test_node_ready_cordon_uncordon(server: Server):
+    nodes = server.kjson("get", "nodes")["items"]
+    assert len(nodes) == 1
+    node = nodes[0]
+    name = node["metadata"]["name"]
+    ready = next(c for c in node["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True"
+    assert int(node["status"]["capacity"]["pods"]) == 110 and node["status"]["capacity"]["cpu"]
+    assert "Ready" in server.kubectl("get", "nodes").stdout
+    server.kubectl("cordon", name)
+    assert "SchedulingDisabled" in server.kubectl("get", "node", name).stdout
+    server.kubectl("uncordon", name)
+    assert "SchedulingDisabled" not in server.kubectl("get", "node", name).stdout
+
+
+def test_exec_interactive_stdin(server: Server):
+    server.kubectl("run", "cat", "--image=busybox", "--restart=Never", "--command", "--",
+                   "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done")
+    server.kubectl("wait", "--for=condition=Ready", "pod/cat", "--timeout=60s")
+    env = dict(os.environ, KUBECONFIG=str(server.kubeconfig))
+    p = subprocess.run([KUBECTL, "exec", "-i", "cat", "--", "cat"], input="piped\n", capture_output=True,
+                       text=True, env=env, timeout=60, check=False)
+    assert p.returncode == 0 and p.stdout == "piped\n", p.stderr
+    server.kubectl("delete", "pod", "cat", "--timeout=30s")
+
+
+def test_agent_joins_and_goes_not_ready_when_stopped(server: Server, tmp_path):
+    import sys
+    import time
+    url = f"https://127.0.0.1:{server.port}"
+    token = (server.data_dir / "pki" / "join.token").read_text().strip()
+    base = [sys.executable, "-m", "kybernetes.cli.main", "agent", "--server", url,
+            "--server-data-dir", str(server.data_dir), "--data-dir", str(tmp_path / "agent"),
+            "--kubelet-port", "0", "--name", "agent-1"]
+    bad = subprocess.run(base[:6] + ["--token", "wrong.token"] + base[6:], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode != 0 and "Unauthorized" in bad.stderr, bad.stderr
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - the agent process owns it
+    agent = subprocess.Popen(base[:6] + ["--token", token] + base[6:], stdout=log, stderr=log)
+    try:
+        def ready() -> bool:
+            p = server.kubectl("get", "node", "agent-1", "-o", "json", check=False)
+            if p.returncode != 0:
+                return False
+            conds = json.loads(p.stdout)["status"].get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+        wait_for(ready, timeout=30)
+        agent.kill()
+        agent.wait(10)
+        t0 = time.monotonic()
+
+        def not_ready() -> bool:
+            n = server.kjson("get", "node", "agent-1")
+            return any(c["type"] == "Ready" and c["status"] != "True" for c in n["status"]["conditions"])
+        wait_for(not_ready, timeout=60, interval=0.5)
+        assert time.monotonic() - t0 < 60
+        assert "NotReady" in server.kubectl("get", "node", "agent-1").stdout
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        subprocess.run([sys.executable, "-m", "kybernetes.cli.main", "killall", "--data-dir",
+                        str(tmp_path / "agent")], capture_output=True, timeout=60, check=False)
+        server.kubectl("delete", "node", "agent-1", check=False)
