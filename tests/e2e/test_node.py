@@ -136,3 +136,49 @@ def test_agent_joins_and_goes_not_ready_when_stopped(server: Server, tmp_path):
         subprocess.run([sys.executable, "-m", "kybernetes.cli.main", "killall", "--data-dir",
                         str(tmp_path / "agent")], capture_output=True, timeout=60, check=False)
         server.kubectl("delete", "node", "agent-1", check=False)
+
+
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_docs_pi_job_completes(server: Server):
+    # The docs' manifest runs on the host's perl (the process runtime has no perl image);
+    # Debian 12's perl 5.36 dies computing 2000 digits, so this asks for 1000.
+    manifest = (EXAMPLES / "job-pi.yaml").read_text().replace("bpi(2000)", "bpi(1000)")
+    server.kubectl("apply", "-f", "-", input=manifest)
+    server.kubectl("wait", "--for=condition=complete", "job/pi", "--timeout=90s", timeout=120)
+    assert server.kubectl("logs", "job/pi").stdout.startswith("3.14159")
+    out = server.kubectl("get", "job", "pi").stdout
+    assert "Complete" in out and "1/1" in out
+    server.kubectl("delete", "job", "pi", "--timeout=30s")
+
+
+def test_docs_daemonset_places_one_pod_per_node(server: Server):
+    server.kubectl("apply", "-f", str(EXAMPLES / "daemonset-fluentd.yaml"))
+
+    def scheduled() -> bool:
+        st = server.kjson("get", "ds", "fluentd-elasticsearch", "-n", "kube-system").get("status") or {}
+        return st.get("desiredNumberScheduled") == 1 and st.get("currentNumberScheduled") == 1
+    wait_for(scheduled, timeout=60)
+    pods = server.kjson("get", "pods", "-n", "kube-system", "-l", "name=fluentd-elasticsearch")["items"]
+    assert len(pods) == 1 and pods[0]["spec"]["nodeName"]
+    server.kubectl("delete", "ds", "fluentd-elasticsearch", "-n", "kube-system", "--timeout=60s")
+
+
+def test_deployment_rollout_undo_scale(server: Server):
+    cmd = ["--", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    server.kubectl("create", "deployment", "web", "--image=busybox:1.36", "--replicas=2", *cmd)
+    server.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=120)
+    server.kubectl("set", "image", "deployment/web", "busybox=busybox:1.37")
+    out = server.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=120).stdout
+    assert "successfully rolled out" in out
+    assert "2" in server.kubectl("rollout", "history", "deployment/web").stdout
+    server.kubectl("rollout", "undo", "deployment/web")
+    server.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=120)
+    d = server.kjson("get", "deploy", "web")
+    assert d["spec"]["template"]["spec"]["containers"][0]["image"] == "busybox:1.36"
+    server.kubectl("scale", "deployment/web", "--replicas=3")
+    server.kubectl("rollout", "status", "deployment/web", "--timeout=90s", timeout=120)
+    assert server.kjson("get", "deploy", "web")["status"]["readyReplicas"] == 3
+    server.kubectl("delete", "deployment", "web", "--timeout=60s")
+    wait_for(lambda: not server.kjson("get", "pods", "-l", "app=web")["items"], timeout=60)
