@@ -59,6 +59,14 @@ def controller_uid_index(obj: Obj) -> list[str]:
     return [ref["uid"]] if ref and ref.get("uid") else []
 
 
+ORPHAN_INDEX = "orphans-by-namespace"
+
+
+def orphan_namespace_index(obj: Obj) -> list[str]:
+    """Pods nobody controls, by namespace: the only ones a ReplicaSet may adopt."""
+    return [(obj.get("metadata") or {}).get("namespace") or ""] if controller_ref(obj) is None else []
+
+
 async def slow_start_batch(count: int, initial: int, fn: Callable[[], Awaitable[None]]) -> tuple[int, Exception | None]:
     """Call fn count times in batches doubling from `initial`; stop after the first failing batch.
 
@@ -293,6 +301,7 @@ class ReplicaSetController(Controller):
         self.replicasets = self.informer("apps/v1", "replicasets")
         self.pods = self.informer("v1", "pods")
         self.pods.add_index(CONTROLLER_INDEX, controller_uid_index)
+        self.pods.add_index(ORPHAN_INDEX, orphan_namespace_index)
         self.replicasets.add_index(CONTROLLER_INDEX, controller_uid_index)
         self.replicasets.add_handler(on_add=self._rs_changed, on_update=lambda _o, n: self._rs_changed(n),
                                      on_delete=self._rs_changed)
@@ -380,7 +389,11 @@ class ReplicaSetController(Controller):
             return
         needs_sync = self.expectations.satisfied(key) and not rs["metadata"].get("deletionTimestamp")
         ns = rs["metadata"].get("namespace") or ""
-        active = [p for p in self.pods.list_by_namespace(ns) if is_pod_active(p)]
+        # Its own pods and the orphans it could adopt: pods other controllers own are
+        # never ours to claim, so a big namespace is not scanned on every sync.
+        candidates = self.pods.by_index(CONTROLLER_INDEX, rs["metadata"]["uid"]) + \
+            self.pods.by_index(ORPHAN_INDEX, ns)
+        active = [p for p in candidates if is_pod_active(p)]
         owned = await RefManager(self.client, rs, ("apps/v1", "replicasets"), ("v1", "pods"), selector).claim(active)
         manage_err: Exception | None = None
         diff = 0
