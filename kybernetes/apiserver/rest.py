@@ -26,6 +26,7 @@ from ..api import apply as ssa
 from ..api import patch as patchlib
 from ..api.errors import FieldError, StatusError
 from ..api.kinds import Kind, Registry
+from ..api.pods import qos_class
 from ..api.schema import decode_error, get_schema
 from ..api.selectors import selector_string, FieldSelector, LabelSelector, supported_fields
 from ..storage.base import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionConflict, Store
@@ -1003,23 +1004,6 @@ _INITIAL_STATUS: dict[tuple[str, str], dict] = {
 }
 
 
-def _qos_class(spec: dict) -> str:
-    requests: list[dict] = []
-    limits: list[dict] = []
-    for c in (spec.get("containers") or []) + (spec.get("initContainers") or []):
-        r = (c.get("resources") or {}) if isinstance(c, dict) else {}
-        requests.append({k: v for k, v in (r.get("requests") or {}).items() if k in ("cpu", "memory")})
-        limits.append({k: v for k, v in (r.get("limits") or {}).items() if k in ("cpu", "memory")})
-    if not any(requests) and not any(limits):
-        return "BestEffort"
-    for req, lim in zip(requests, limits):
-        if set(lim) != {"cpu", "memory"}:
-            return "Burstable"
-        if req and any(req.get(k) not in (None, lim[k]) for k in req):
-            return "Burstable"
-    return "Guaranteed"
-
-
 def _on_create(kind: Kind, obj: dict) -> None:
     """Server-assigned fields of a new object: initial status, and those that depend on its uid."""
     init = _INITIAL_STATUS.get((kind.group, kind.kind))
@@ -1027,7 +1011,7 @@ def _on_create(kind: Kind, obj: dict) -> None:
         obj["status"] = copy.deepcopy(init)
     if kind.kind == "Pod" and not kind.group:
         spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
-        obj["status"] = {"phase": "Pending", "qosClass": _qos_class(spec)}
+        obj["status"] = {"phase": "Pending", "qosClass": qos_class(spec)}
     if kind.kind == "Job" and kind.group == "batch":
         spec = obj.get("spec")
         if not isinstance(spec, dict) or spec.get("manualSelector"):

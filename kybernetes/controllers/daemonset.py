@@ -39,6 +39,7 @@ from .common import (
     owner_reference,
     pod_from_template,
 )
+from ..api.pods import toleration_matches as toleration_tolerates
 from .history import (
     CONTROLLER_REVISION_HASH_LABEL,
     create_revision,
@@ -107,19 +108,6 @@ def add_daemon_tolerations(pod_spec: Obj) -> None:
         tolerations = [t for t in tolerations if not _same_toleration(t, w)]
         tolerations.append(dict(w))
     pod_spec["tolerations"] = tolerations
-
-
-def toleration_tolerates(t: Obj, taint: Obj) -> bool:
-    if t.get("effect") and t.get("effect") != taint.get("effect"):
-        return False
-    op = t.get("operator") or "Equal"
-    if not t.get("key"):
-        return op == "Exists"
-    if t.get("key") != taint.get("key"):
-        return False
-    if op == "Exists":
-        return True
-    return op == "Equal" and (t.get("value") or "") == (taint.get("value") or "")
 
 
 def _match_expression(expr: Obj, value: str | None) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 from collections.abc import Callable
 
 from ..api.errors import StatusError
+from ..api.pods import find_toleration as tolerates
 from ..client import Client
 from .base import Controller, Requeue
 from .common import now_rfc3339, parse_time
@@ -34,20 +35,6 @@ def _ready_condition(node: dict[str, Any]) -> dict[str, Any] | None:
     for c in (node.get("status") or {}).get("conditions") or []:
         if c.get("type") == "Ready":
             return c
-    return None
-
-
-def tolerates(tolerations: list[dict[str, Any]], taint: dict[str, Any]) -> dict[str, Any] | None:
-    """The toleration that tolerates taint, if any."""
-    for t in tolerations or []:
-        if t.get("effect") and t.get("effect") != taint.get("effect"):
-            continue
-        op = t.get("operator") or "Equal"
-        if op == "Exists":
-            if not t.get("key") or t.get("key") == taint.get("key"):
-                return t
-        elif t.get("key") == taint.get("key") and (t.get("value") or "") == (taint.get("value") or ""):
-            return t
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from kybernetes.api.pods import qos_class as pod_qos_class
 from kybernetes.runtime.base import ContainerState, ContainerStatus
 
 Obj = dict[str, Any]
@@ -141,19 +142,5 @@ def conditions(pod: Obj, *, sandbox_ready: bool, initialized: bool, incomplete_i
 
 
 def qos_class(pod: Obj) -> str:
-    """Guaranteed / Burstable / BestEffort from the containers' requests and limits."""
-    containers = [*((pod.get("spec") or {}).get("initContainers") or []),
-                  *((pod.get("spec") or {}).get("containers") or [])]
-    any_set = False
-    guaranteed = True
-    for c in containers:
-        res = c.get("resources") or {}
-        req, lim = res.get("requests") or {}, res.get("limits") or {}
-        if req or lim:
-            any_set = True
-        for r in ("cpu", "memory"):
-            if r not in lim or (r in req and str(req[r]) != str(lim[r])):
-                guaranteed = False
-    if not any_set:
-        return "BestEffort"
-    return "Guaranteed" if guaranteed else "Burstable"
+    """Guaranteed / Burstable / BestEffort, as the API server assigned it at create time."""
+    return pod_qos_class(pod.get("spec") or {})

@@ -6,26 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ...api.pods import toleration_matches
 from ..framework import SKIP, Status, default_normalize, unresolvable
 from ..nodeinfo import Cache, NodeInfo, PodInfo
 
 NAME = "TaintToleration"
-
-
-def toleration_matches(t: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
-    effect = t.get("effect") or ""
-    if effect and effect != taint.get("effect"):
-        return False
-    key = t.get("key") or ""
-    op = t.get("operator") or "Equal"
-    if not key:
-        # An empty key with Exists tolerates every taint.
-        return op == "Exists"
-    if key != taint.get("key"):
-        return False
-    if op == "Exists":
-        return True
-    return (t.get("value") or "") == (taint.get("value") or "")
 
 
 def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any]) -> bool:
