@@ -11,13 +11,13 @@ are not protected by a budget.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 
 from ..api import errors
 from ..api.errors import StatusError
+from ..api.times import format_time
 from ..api.selectors import InvalidSelector, from_label_selector_object
 
 PDB_PREFIX = "/registry/poddisruptionbudgets/"
@@ -84,7 +84,7 @@ async def _take_disruption(rest, ns: str, pod: dict[str, Any]) -> None:
                                                   f"{status.get('currentHealthy', 0)} currently"}]})
     status["disruptionsAllowed"] = status["disruptionsAllowed"] - 1
     disrupted = dict(status.get("disruptedPods") or {})
-    disrupted[pod["metadata"]["name"]] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    disrupted[pod["metadata"]["name"]] = format_time()
     status["disruptedPods"] = disrupted
     pdb["status"] = status
     from ..storage.base import RevisionConflict

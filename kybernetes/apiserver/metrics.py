@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
@@ -19,6 +18,7 @@ import orjson
 
 from ..api import errors
 from ..api.selectors import LabelSelector
+from ..api.times import format_time
 from .request import Request, Response
 
 log = logging.getLogger("kybernetes.metrics")
@@ -38,10 +38,6 @@ def resource_list() -> dict[str, Any]:
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": GV, "resources": [
         {"name": "nodes", "singularName": "", "namespaced": False, "kind": "NodeMetrics", "verbs": ["get", "list"]},
         {"name": "pods", "singularName": "", "namespaced": True, "kind": "PodMetrics", "verbs": ["get", "list"]}]}
-
-
-def _ts(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _usage(cpu: dict[str, Any], mem: dict[str, Any]) -> dict[str, str]:
@@ -105,7 +101,7 @@ class Metrics:
         except ValueError as e:
             raise errors.bad_request(str(e)) from None
         summaries = await self._scrape()
-        now = _ts(time.time())
+        now = format_time(time.time())
         if what == "nodes" and ns is None:
             items = []
             for node in self._nodes():

@@ -13,9 +13,9 @@ import asyncio
 import base64
 import copy
 import logging
+import time
 import uuid
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -27,6 +27,7 @@ from ..api import patch as patchlib
 from ..api.errors import FieldError, StatusError
 from ..api.kinds import Kind, Registry
 from ..api.pods import qos_class
+from ..api.times import format_time
 from ..api.schema import decode_error, get_schema
 from ..api.selectors import selector_string, FieldSelector, LabelSelector, supported_fields
 from ..storage.base import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionConflict, Store
@@ -39,7 +40,7 @@ _TOP = ("apiVersion", "kind", "metadata")
 
 
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time()
 
 
 def encode(obj: dict[str, Any]) -> bytes:
@@ -1038,8 +1039,7 @@ def _continue_token(rev: int, last_key: str) -> str:
 
 
 def _ts_after(seconds: int) -> str:
-    from datetime import timedelta
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(time.time() + seconds)
 
 
 def _namespace_spec_finalizers(kind: Kind, obj: dict) -> bool:

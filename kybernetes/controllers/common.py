@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import time
-from datetime import datetime, timezone
 from typing import Any
+
+from ..api.times import format_time, parse_time  # noqa: F401 - parse_time is part of this module's API
 
 Obj = dict[str, Any]
 
@@ -19,16 +20,7 @@ EXPECTATIONS_TTL = 300.0
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(ts: str | None) -> float | None:
-    if not ts:
-        return None
-    try:
-        return datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return None
+    return format_time()
 
 
 def owner_reference(owner: Obj, *, controller: bool = True) -> Obj:

@@ -26,10 +26,10 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from ..api.errors import StatusError
+from ..api.times import format_time
 from ..client import Client
 from .base import Controller, Requeue, key_of
 from .common import Expectations, controller_ref, is_pod_active, is_pod_ready, parse_time, pod_from_template
@@ -52,7 +52,7 @@ _SLOW_START_INITIAL = 1
 
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time(ts)
 
 
 def get_condition(obj: Obj, typ: str) -> Obj | None:

@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import datetime, timezone
 from typing import Any
 
+from ..api.times import format_time
 from ..runtime.base import ContainerState, Runtime
-
-
-def _ts(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _proc_cpu_ns() -> int:
@@ -48,7 +44,7 @@ class StatsProvider:
 
     def _node_cpu(self, now: float) -> dict[str, Any]:
         total = _proc_cpu_ns()
-        out: dict[str, Any] = {"time": _ts(now), "usageCoreNanoSeconds": total}
+        out: dict[str, Any] = {"time": format_time(now), "usageCoreNanoSeconds": total}
         if self._last is not None and now > self._last[0]:
             out["usageNanoCores"] = int((total - self._last[1]) / (now - self._last[0]))
         else:
@@ -62,8 +58,8 @@ class StatsProvider:
     async def summary(self) -> dict[str, Any]:
         now = time.time()
         mem = _meminfo()
-        node = {"nodeName": self.node_name, "startTime": _ts(now), "cpu": self._node_cpu(now),
-                "memory": {"time": _ts(now), "availableBytes": mem.get("MemAvailable", 0),
+        node = {"nodeName": self.node_name, "startTime": format_time(now), "cpu": self._node_cpu(now),
+                "memory": {"time": format_time(now), "availableBytes": mem.get("MemAvailable", 0),
                            "usageBytes": mem.get("MemTotal", 0) - mem.get("MemFree", 0),
                            "workingSetBytes": mem.get("MemTotal", 0) - mem.get("MemAvailable", 0)}}
         sandboxes = {s.id: s for s in await self.runtime.list_pod_sandboxes()}
@@ -78,17 +74,17 @@ class StatsProvider:
                 st = await self.runtime.container_stats(c.id)
             except Exception:  # noqa: BLE001 - a container that just exited has no stats; skip it
                 continue
-            cpu = {"time": _ts(st.timestamp), "usageNanoCores": st.cpu_usage_nano_cores or 0,
+            cpu = {"time": format_time(st.timestamp), "usageNanoCores": st.cpu_usage_nano_cores or 0,
                    "usageCoreNanoSeconds": st.cpu_usage_core_nano_seconds or 0}
-            memory = {"time": _ts(st.timestamp), "workingSetBytes": st.memory_working_set_bytes or 0,
+            memory = {"time": format_time(st.timestamp), "workingSetBytes": st.memory_working_set_bytes or 0,
                       "usageBytes": st.memory_usage_bytes or 0}
             md = sb.metadata
             pod = pods.setdefault(sb.id, {
                 "podRef": {"name": md.name, "namespace": md.namespace, "uid": md.uid},
-                "startTime": _ts(sb.created_at), "containers": [],
-                "cpu": {"time": _ts(now), "usageNanoCores": 0, "usageCoreNanoSeconds": 0},
-                "memory": {"time": _ts(now), "workingSetBytes": 0, "usageBytes": 0}})
-            pod["containers"].append({"name": c.metadata.name, "startTime": _ts(c.started_at or c.created_at),
+                "startTime": format_time(sb.created_at), "containers": [],
+                "cpu": {"time": format_time(now), "usageNanoCores": 0, "usageCoreNanoSeconds": 0},
+                "memory": {"time": format_time(now), "workingSetBytes": 0, "usageBytes": 0}})
+            pod["containers"].append({"name": c.metadata.name, "startTime": format_time(c.started_at or c.created_at),
                                       "cpu": cpu, "memory": memory})
             pod["cpu"]["usageNanoCores"] += cpu["usageNanoCores"]
             pod["cpu"]["usageCoreNanoSeconds"] += cpu["usageCoreNanoSeconds"]

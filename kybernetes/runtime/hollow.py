@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ..api.errors import StatusError
+from ..api.times import format_time
 from ..client import Client, Informer
 from ..client.informer import strip_managed_fields
 
@@ -22,7 +23,7 @@ log = logging.getLogger("kybernetes.hollow")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time()
 
 
 _REASONS = {"MemoryPressure": "KubeletHasSufficientMemory", "DiskPressure": "KubeletHasNoDiskPressure",

@@ -26,10 +26,10 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from kybernetes.api.errors import StatusError
+from kybernetes.api.times import format_time
 from kybernetes.client import Client, Informer
 from kybernetes.client.informer import strip_managed_fields
 
@@ -57,7 +57,7 @@ _TERMINAL = ("Succeeded", "Failed")
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_time()
 
 
 @dataclass
