@@ -32,7 +32,7 @@ from ..api.schema import decode_error, get_schema
 from ..api.selectors import selector_string, FieldSelector, LabelSelector, supported_fields
 from ..storage.base import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionConflict, Store
 from .admission import Admission
-from .watchcache import Entry, WatchCache, splice_rv
+from .watchcache import Entry, Watcher, WatchCache, make_entry, splice_rv
 
 log = logging.getLogger("kybernetes.rest")
 
@@ -372,7 +372,6 @@ class REST:
         out: list[Entry] = []
         start_key = start or prefix
         fields_fn = self.cache.cache(kind.storage_prefix).fields_fn
-        from .watchcache import make_entry
         while True:
             try:
                 kvs, read_rev, more = await self.store.list(prefix, revision=rev, limit=opts.limit or 0,
@@ -427,7 +426,6 @@ class REST:
         """An async iterator of encoded watch events (bytes, newline-terminated)."""
         match = self._filter(kind, opts) or (lambda e: True)
         c = self.cache.cache(kind.storage_prefix)
-        from .watchcache import Watcher
         ns_filter = ns if kind.namespaced else None
         w = Watcher(c, match, ns_filter)
         initial: list[bytes] = []
@@ -781,16 +779,13 @@ class REST:
                     return 200, self._to_served(kind, orjson.dumps(new))
                 if new == cur:
                     return pending, self._to_served(kind, orjson.dumps(cur))
-                if not finalizers and not _namespace_spec_finalizers(kind, new) and grace == 0:
-                    pass
-                else:
-                    try:
-                        kv = await self.store.update(kind.key(ns, name), encode(new), cur_rev)
-                    except RevisionConflict:
-                        continue
-                    except KeyNotFound:
-                        raise errors.not_found(kind.plural, kind.group, name) from None
-                    return pending, self._respond_obj(kind, kv.value, kv.mod_revision)
+                try:
+                    kv = await self.store.update(kind.key(ns, name), encode(new), cur_rev)
+                except RevisionConflict:
+                    continue
+                except KeyNotFound:
+                    raise errors.not_found(kind.plural, kind.group, name) from None
+                return pending, self._respond_obj(kind, kv.value, kv.mod_revision)
             if dry:
                 return 200, self._to_served(kind, orjson.dumps(cur))
             try:

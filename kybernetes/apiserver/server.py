@@ -31,7 +31,7 @@ from .metrics import Metrics
 from . import metrics as metrics_api
 from .admission import Admission, kubernetes_service_ip
 from .request import Request, Response
-from .rest import REST, ListOptions, decode_body, now_rfc3339
+from .rest import REST, ListOptions, decode_body
 from .watchcache import WatchCache
 
 log = logging.getLogger("kybernetes.apiserver")
@@ -208,7 +208,7 @@ class APIServer:
         ok = self.started
         if path.endswith("/ping"):
             return Response(200, b"ok", "text/plain; charset=utf-8")
-        if req.query.get("verbose") is not None and "verbose" in req.query:
+        if "verbose" in req.query:
             lines = [f"[{'+' if ok or c == 'ping' else '-'}]{c} {'ok' if ok or c == 'ping' else 'failed'}"
                      for c in checks]
             name = path.strip("/").split("/")[0]
@@ -502,5 +502,3 @@ def version_info() -> dict:
             "goVersion": "python" + platform.python_version(), "compiler": "cpython",
             "platform": f"{platform.system().lower()}/{platform.machine()}"}
 
-
-_ = now_rfc3339

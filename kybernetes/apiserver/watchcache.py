@@ -278,8 +278,6 @@ class WatchCache:
                     c.apply(ev.type, ev.kv, prev)
                     rev = ev.kv.mod_revision
                     self._advance(rev)
-                    if hasattr(watch, "progress"):
-                        pass
                 return
             except asyncio.CancelledError:
                 raise
@@ -319,10 +317,6 @@ class WatchCache:
                 else:
                     keep.append((want, fut))
             self._rv_waiters = keep
-
-    def note_revision(self, rev: int) -> None:
-        """A write to a key outside /registry/ or a progress report: advance the barrier."""
-        self._advance(rev)
 
     async def wait_for(self, rev: int, timeout: float = 5.0) -> bool:
         if self.rv >= rev:

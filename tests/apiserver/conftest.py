@@ -1,22 +1,21 @@
-"""Fixtures: a real APIServer over a SqliteStore in tmp_path, and ways to call it.
+"""Helpers for tests against a real APIServer over a SqliteStore in tmp_path.
 
-`api` is started and stopped around each test; `client` is a kybernetes Client
-on the in-process transport; `call` sends one raw Request and decodes the answer.
+start_api/stop_api make one (the `api` and `client` fixtures in tests/conftest.py
+use them); `call` sends one raw Request and decodes the answer; `eventually`
+polls with a deadline; cm/pod/deployment build objects.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 
 from kybernetes.apiserver.request import Request
 from kybernetes.apiserver.server import APIServer
-from kybernetes.client import Client
 from kybernetes.storage.sqlite import SqliteStore
 
 
@@ -30,24 +29,6 @@ async def start_api(tmp_path: Path, **kwargs: Any) -> APIServer:
 async def stop_api(api: APIServer) -> None:
     await api.stop()
     await api.store.close()
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[APIServer]:
-    a = await start_api(tmp_path)
-    try:
-        yield a
-    finally:
-        await stop_api(a)
-
-
-@pytest.fixture
-async def client(api: APIServer) -> AsyncIterator[Client]:
-    c = Client.in_process(api.handle)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def call(api: APIServer, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,

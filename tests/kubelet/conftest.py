@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 
-from kybernetes.apiserver.server import APIServer
 from kybernetes.client import Client
 from kybernetes.kubelet import Kubelet, KubeletConfig
 from kybernetes.runtime import nsutil
 from kybernetes.runtime.cgroups import CgroupManager
 from kybernetes.runtime.fake import FakeRuntime
 from kybernetes.runtime.process import ProcessRuntime
-from tests.apiserver.conftest import eventually, start_api, stop_api
+from tests.apiserver.conftest import eventually
 
 __all__ = ["eventually"]
 
@@ -42,24 +41,6 @@ def fast_config(tmp_path: Path, **kw: Any) -> KubeletConfig:
             "probe_time_scale": 0.2}
     base.update(kw)
     return KubeletConfig(**base)
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[APIServer]:
-    a = await start_api(tmp_path)
-    try:
-        yield a
-    finally:
-        await stop_api(a)
-
-
-@pytest.fixture
-async def client(api: APIServer) -> AsyncIterator[Client]:
-    c = Client.in_process(api.handle)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture
