@@ -35,6 +35,18 @@ def find_toleration(tolerations: Iterable[Mapping[str, Any]] | None,
     return None
 
 
+def pod_condition(pod: Mapping[str, Any], typ: str) -> Mapping[str, Any] | None:
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == typ:
+            return c
+    return None
+
+
+def is_pod_ready(pod: Mapping[str, Any]) -> bool:
+    c = pod_condition(pod, "Ready")
+    return bool(c and c.get("status") == "True")
+
+
 def qos_class(spec: Mapping[str, Any]) -> str:
     """Guaranteed / Burstable / BestEffort from the cpu and memory requests and limits of a pod spec.
 

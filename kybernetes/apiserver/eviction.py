@@ -17,17 +17,11 @@ import orjson
 
 from ..api import errors
 from ..api.errors import StatusError
+from ..api.pods import is_pod_ready
 from ..api.times import format_time
 from ..api.selectors import InvalidSelector, from_label_selector_object
 
 PDB_PREFIX = "/registry/poddisruptionbudgets/"
-
-
-def _status_ready(pod: dict[str, Any]) -> bool:
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return c.get("status") == "True"
-    return False
 
 
 async def evict(rest, pods_kind, ns: str, name: str, body: Any, user: str) -> tuple[int, bytes]:
@@ -74,7 +68,7 @@ async def _take_disruption(rest, ns: str, pod: dict[str, Any]) -> None:
                                                   f"The disruption budget {name} is still being processed by "
                                                   f"the server."}]})
     policy = (pdb.get("spec") or {}).get("unhealthyPodEvictionPolicy")
-    if policy == "AlwaysAllow" and not _status_ready(pod):
+    if policy == "AlwaysAllow" and not is_pod_ready(pod):
         return
     if (status.get("disruptionsAllowed") or 0) <= 0:
         raise StatusError(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption "

@@ -12,6 +12,7 @@ import copy
 import time
 from typing import Any
 
+from ..api.pods import is_pod_ready, pod_condition  # noqa: F401 - is_pod_ready is part of this module's API
 from ..api.times import format_time, parse_time  # noqa: F401 - parse_time is part of this module's API
 
 Obj = dict[str, Any]
@@ -59,25 +60,13 @@ def is_pod_active(pod: Obj) -> bool:
     return phase not in ("Succeeded", "Failed") and not (pod.get("metadata") or {}).get("deletionTimestamp")
 
 
-def _condition(pod: Obj, typ: str) -> Obj | None:
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == typ:
-            return c
-    return None
-
-
-def is_pod_ready(pod: Obj) -> bool:
-    c = _condition(pod, "Ready")
-    return bool(c and c.get("status") == "True")
-
-
 def is_pod_available(pod: Obj, min_ready_seconds: int, now: float | None = None) -> bool:
     """Ready for at least min_ready_seconds, as upstream's availability rule."""
     if not is_pod_ready(pod):
         return False
     if min_ready_seconds <= 0:
         return True
-    since = parse_time((_condition(pod, "Ready") or {}).get("lastTransitionTime"))
+    since = parse_time((pod_condition(pod, "Ready") or {}).get("lastTransitionTime"))
     if since is None:
         return False
     return (now if now is not None else time.time()) - since >= min_ready_seconds
