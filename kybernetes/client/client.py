@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote
 
 import orjson
@@ -27,6 +27,9 @@ from .transport import (
     status_error_from_object,
     status_error_from_response,
 )
+
+if TYPE_CHECKING:
+    from .informer import SharedInformers
 
 PATCH_CONTENT_TYPES = {
     "merge": "application/merge-patch+json",
@@ -69,6 +72,9 @@ class Client:
         # transports it is the context's namespace, as kubectl does.
         self.namespace = namespace or getattr(transport, "namespace", None) or "default"
         self._discovery: dict[str, list[Obj]] = {}
+        # Set by a process that runs many components on this client (the
+        # controller manager) so they share one informer per resource.
+        self.shared_informers: SharedInformers | None = None
 
     @classmethod
     def in_process(cls, handler: Handler, **kwargs: Any) -> Client:

@@ -198,6 +198,8 @@ class Informer:
     def add_index(self, name: str, fn: IndexFunc) -> None:
         """Index the cache by fn(obj) -> values; query with by_index(name, value)."""
         if name in self._index_funcs:
+            if self._index_funcs[name] is fn:
+                return  # a shared informer: another user asked for the same index
             raise ValueError(f"index {name!r} already exists")
         self._index_funcs[name] = fn
         self._indices[name] = {}
@@ -465,3 +467,32 @@ class Informer:
 
 def _rv(obj: Obj) -> str | None:
     return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+class SharedInformers:
+    """One Informer per resource and options for every component of a process.
+
+    The controllers of `kyb server` all watch pods; sharing means each pod event
+    is decoded, cached and indexed once, then fanned out to every controller's
+    handler. Informers differing in resync period, transform or metadata-only
+    reads are not shared, so each user still gets exactly what it asked for.
+    """
+
+    def __init__(self) -> None:
+        self._informers: dict[tuple[Any, ...], Informer] = {}
+
+    def informer(self, resource: ResourceClient, *, resync_period: float = 0,
+                 transform: Callable[[Obj], Obj] | None = None) -> Informer:
+        key = (resource.api_version, resource.plural, resource.namespaced, resource.metadata_only,
+               resync_period, transform)
+        inf = self._informers.get(key)
+        if inf is None:
+            inf = self._informers[key] = Informer(resource, resync_period=resync_period, transform=transform)
+        return inf
+
+    def __len__(self) -> int:
+        return len(self._informers)
+
+    async def stop(self) -> None:
+        for inf in self._informers.values():
+            await inf.stop()

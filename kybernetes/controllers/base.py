@@ -36,14 +36,21 @@ class Controller:
         self.client = client
         self.queue = WorkQueue(self.name)
         self.informers: list[Informer] = []
+        self._own_informers: list[Informer] = []
         self._tasks: list[asyncio.Task] = []
 
     def informer(self, api_version: str, plural: str, *, namespaced: bool = True,
                  resync_period: float = 0, metadata_only: bool = False,
                  keep_managed_fields: bool = False) -> Informer:
         rc = self.client.resource(api_version, plural, namespaced, metadata_only=metadata_only)
-        inf = Informer(rc, resync_period=resync_period,
-                       transform=None if keep_managed_fields else strip_managed_fields)
+        transform = None if keep_managed_fields else strip_managed_fields
+        shared = self.client.shared_informers
+        if shared is not None:
+            # The controller manager's: started here, stopped by the manager.
+            inf = shared.informer(rc, resync_period=resync_period, transform=transform)
+        else:
+            inf = Informer(rc, resync_period=resync_period, transform=transform)
+            self._own_informers.append(inf)
         self.informers.append(inf)
         return inf
 
@@ -71,7 +78,7 @@ class Controller:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
-        for inf in self.informers:
+        for inf in self._own_informers:
             await inf.stop()
 
     async def _worker(self) -> None:

@@ -16,6 +16,13 @@ creations: after asking for N pods the controller waits to see N pod events
 (or the TTL) before acting on counts again. With minReadySeconds the key is
 requeued for the moment the next ready pod becomes available, since no event
 marks that moment.
+
+A sync reads every pod of the ReplicaSet, so it costs O(replicas). Pod events
+that only change status (the bulk of them while thousands of pods start) are
+therefore gathered for POD_STATUS_BATCH seconds into one sync, while events
+that satisfy the expectations (the next batch of creations is due) or change
+ownership still sync at once. Readiness per pod is remembered by
+resourceVersion, so a sync re-derives nothing for pods that did not change.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ POD_DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 CONTROLLER_INDEX = "controller-uid"
 
 _PHASE_ORDINAL = {"Pending": 0, "Unknown": 1, "Running": 2}
+# Status-only pod changes within this window share one sync (see the module doc).
+POD_STATUS_BATCH = 0.1
 
 
 def controller_uid_index(obj: Obj) -> list[str]:
@@ -120,49 +129,56 @@ def _log_rank(t: float, now: float) -> int:
     return int(math.log2(d)) if d > 0 else -1
 
 
-def _less(a: Obj, b: Obj, rank_a: int, rank_b: int, now: float) -> bool:
+class _Rank:
+    """What the deletion order looks at in one pod, read once per sort (parsing times is costly)."""
+
+    __slots__ = ("unassigned", "phase", "ready", "cost", "crowd", "ready_since", "restarts", "created", "uid")
+
+    def __init__(self, pod: Obj, crowd: int):
+        spec, status, meta = pod.get("spec") or {}, pod.get("status") or {}, pod.get("metadata") or {}
+        self.unassigned = not spec.get("nodeName")
+        self.phase = _PHASE_ORDINAL.get(status.get("phase") or "Pending", 0)
+        self.ready_since = _ready_since(pod)
+        self.ready = self.ready_since is not None or is_pod_ready(pod)
+        self.cost = _deletion_cost(pod)
+        self.crowd = crowd
+        self.restarts = _restarts(pod)
+        self.created = parse_time(meta.get("creationTimestamp"))
+        self.uid = meta.get("uid") or ""
+
+
+def _less(a: _Rank, b: _Rank, now: float) -> bool:
     """True when pod a should be deleted before pod b (upstream's ActivePodsWithRanks.Less)."""
-    na, nb = (a.get("spec") or {}).get("nodeName") or "", (b.get("spec") or {}).get("nodeName") or ""
-    if na != nb and (not na or not nb):
-        return not na
-    pa = _PHASE_ORDINAL.get((a.get("status") or {}).get("phase") or "Pending", 0)
-    pb = _PHASE_ORDINAL.get((b.get("status") or {}).get("phase") or "Pending", 0)
-    if pa != pb:
-        return pa < pb
-    ra, rb = is_pod_ready(a), is_pod_ready(b)
-    if ra != rb:
-        return not ra
-    ca, cb = _deletion_cost(a), _deletion_cost(b)
-    if ca != cb:
-        return ca < cb
-    if rank_a != rank_b:
+    if a.unassigned != b.unassigned:
+        return a.unassigned
+    if a.phase != b.phase:
+        return a.phase < b.phase
+    if a.ready != b.ready:
+        return not a.ready
+    if a.cost != b.cost:
+        return a.cost < b.cost
+    if a.crowd != b.crowd:
         # More siblings on the same node: spread what remains.
-        return rank_a > rank_b
-    if ra and rb:
-        ta, tb = _ready_since(a), _ready_since(b)
-        if ta != tb:
-            less = _newer_first(a, b, ta, tb, now)
-            if less is not None:
-                return less
-    xa, xb = _restarts(a), _restarts(b)
-    if xa != xb:
-        return xa > xb
-    ta = parse_time((a.get("metadata") or {}).get("creationTimestamp"))
-    tb = parse_time((b.get("metadata") or {}).get("creationTimestamp"))
-    if ta != tb:
-        less = _newer_first(a, b, ta, tb, now)
+        return a.crowd > b.crowd
+    if a.ready and b.ready and a.ready_since != b.ready_since:
+        less = _newer_first(a, b, a.ready_since, b.ready_since, now)
+        if less is not None:
+            return less
+    if a.restarts != b.restarts:
+        return a.restarts > b.restarts
+    if a.created != b.created:
+        less = _newer_first(a, b, a.created, b.created, now)
         if less is not None:
             return less
     return False
 
 
-def _newer_first(a: Obj, b: Obj, ta: float | None, tb: float | None, now: float) -> bool | None:
+def _newer_first(a: _Rank, b: _Rank, ta: float | None, tb: float | None, now: float) -> bool | None:
     if ta is None or tb is None:
         return ta is None
     diff = _log_rank(ta, now) - _log_rank(tb, now)
     if diff == 0:
-        ua, ub = (a.get("metadata") or {}).get("uid") or "", (b.get("metadata") or {}).get("uid") or ""
-        return ua < ub if ua != ub else None
+        return a.uid < b.uid if a.uid != b.uid else None
     return diff < 0
 
 
@@ -176,17 +192,18 @@ def pods_to_delete(pods: list[Obj], related: list[Obj], n: int, now: float | Non
         if is_pod_active(p):
             node = (p.get("spec") or {}).get("nodeName") or ""
             on_node[node] = on_node.get(node, 0) + 1
-    ranked = [(p, on_node.get((p.get("spec") or {}).get("nodeName") or "", 0)) for p in pods]
+    ranked = [(_Rank(p, on_node.get((p.get("spec") or {}).get("nodeName") or "", 0)), p) for p in pods]
+
     # A comparison sort: the rule is pairwise (it buckets ages relative to now
     # and breaks bucket ties by uid), not a key function.
-    def cmp(x: tuple[Obj, int], y: tuple[Obj, int]) -> int:
-        if _less(x[0], y[0], x[1], y[1], now):
+    def cmp(x: tuple[_Rank, Obj], y: tuple[_Rank, Obj]) -> int:
+        if _less(x[0], y[0], now):
             return -1
-        if _less(y[0], x[0], y[1], x[1], now):
+        if _less(y[0], x[0], now):
             return 1
         return 0
     ranked.sort(key=functools.cmp_to_key(cmp))
-    return [p for p, _ in ranked[:n]]
+    return [p for _, p in ranked[:n]]
 
 
 # ---------------------------------------------------------------------- claiming
@@ -306,6 +323,7 @@ class ReplicaSetController(Controller):
         self.replicasets.add_handler(on_add=self._rs_changed, on_update=lambda _o, n: self._rs_changed(n),
                                      on_delete=self._rs_changed)
         self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
+        self._ready: dict[str, tuple[str, bool, float | None]] = {}
 
     # ------------------------------------------------------------ event handlers
 
@@ -343,7 +361,7 @@ class ReplicaSetController(Controller):
             key = self._owner_key(pod, ref)
             if key:
                 self.expectations.creation_observed(key)
-                self.enqueue(key)
+                self._enqueue_observed(key)
             return
         self._enqueue_matching(pod)
 
@@ -361,7 +379,11 @@ class ReplicaSetController(Controller):
         if new_ref is not None:
             key = self._owner_key(new, new_ref)
             if key:
-                self.enqueue(key)
+                if old_ref is not None and om.get("labels") == nm.get("labels"):
+                    # Same owner, same labels: only its status moved.
+                    self.queue.add_after(key, POD_STATUS_BATCH)
+                else:
+                    self.enqueue(key)
             return
         if om.get("labels") != nm.get("labels") or old_ref is not None or om.get("resourceVersion") == nm.get(
                 "resourceVersion"):
@@ -372,7 +394,27 @@ class ReplicaSetController(Controller):
         key = self._owner_key(pod, ref)
         if key:
             self.expectations.deletion_observed(key, key_of(pod))
+            self._enqueue_observed(key)
+        self._ready.pop((pod.get("metadata") or {}).get("uid"), None)
+
+    def _enqueue_observed(self, key: str) -> None:
+        """After a creation or deletion was observed: sync now once the last expected one is in."""
+        if self.expectations.satisfied(key):
             self.enqueue(key)
+        else:
+            self.queue.add_after(key, POD_STATUS_BATCH)
+
+    def _readiness(self, pod: Obj) -> tuple[bool, float | None]:
+        """(Ready, since when) of a pod, derived once per resourceVersion."""
+        m = pod["metadata"]
+        uid, rv = m.get("uid"), m.get("resourceVersion")
+        hit = self._ready.get(uid)
+        if hit is not None and hit[0] == rv:
+            return hit[1], hit[2]
+        since = _ready_since(pod)
+        ready = since is not None or is_pod_ready(pod)
+        self._ready[uid] = (rv, ready, since)
+        return ready, since
 
     # ------------------------------------------------------------ reconcile
 
@@ -464,14 +506,23 @@ class ReplicaSetController(Controller):
         spec = rs.get("spec") or {}
         min_ready = int(spec.get("minReadySeconds") or 0)
         template_labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-        template_selector = LabelSelector.from_dict(template_labels)
         old = rs.get("status") or {}
+        labeled = ready = available = 0
+        items = tuple(template_labels.items())
+        for p in owned:
+            labels = p["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in items):
+                labeled += 1
+            is_ready, since = self._readiness(p)
+            if is_ready:
+                ready += 1
+                if min_ready <= 0 or (since is not None and now - since >= min_ready):
+                    available += 1
         status: Obj = {
             "replicas": len(owned),
-            "fullyLabeledReplicas": sum(
-                1 for p in owned if template_selector.matches((p.get("metadata") or {}).get("labels") or {})),
-            "readyReplicas": sum(1 for p in owned if is_pod_ready(p)),
-            "availableReplicas": sum(1 for p in owned if is_pod_available(p, min_ready, now)),
+            "fullyLabeledReplicas": labeled,
+            "readyReplicas": ready,
+            "availableReplicas": available,
             "observedGeneration": rs["metadata"].get("generation", 0),
         }
         conditions = [dict(c) for c in old.get("conditions") or []]
