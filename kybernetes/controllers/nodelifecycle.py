@@ -1,10 +1,15 @@
 """Node lifecycle (self-healing): notice dead nodes, taint them, evict their pods.
 
 A node is healthy while its kubelet renews its Lease in kube-node-lease. When
-the renewal is older than the grace period (40 s, as upstream's
+no renewal has been seen for the grace period (40 s, as upstream's
 node-monitor-grace-period) the node's conditions turn Unknown ("Kubelet
 stopped posting node status.") and it gets the node.kubernetes.io/unreachable
 taints; a node whose kubelet reports Ready=False gets the not-ready taints.
+As upstream's probeTimestamp, the grace counts from when this controller saw
+the heartbeat change, on its own clock, never from the renewTime the kubelet
+wrote: a node's clock may be skewed, and after a control-plane restart or
+outage every node gets a full grace period to renew instead of being found
+stale at once and having its pods evicted.
 Pods on a node with a NoExecute taint are evicted once their toleration (or
 tolerationSeconds, 300 s by the default admission) runs out, so their
 controllers recreate them elsewhere; pods bound to a node that no longer
@@ -47,6 +52,8 @@ class NodeLifecycleController(Controller):
         self.grace_period = grace_period
         self.clock = clock
         self._missing_since: dict[str, float] = {}
+        # node -> (the heartbeat last seen: lease renewTime, Ready lastHeartbeatTime; when it was seen)
+        self._probes: dict[str, tuple[tuple[Any, Any], float]] = {}
         self.nodes = self.informer("v1", "nodes", namespaced=False, resync_period=max(5.0, grace_period / 4))
         self.leases = self.informer("coordination.k8s.io/v1", "leases")
         self.pods = self.informer("v1", "pods")
@@ -75,6 +82,7 @@ class NodeLifecycleController(Controller):
         node = self.nodes.get(name)
         now = self.clock()
         if node is None:
+            self._probes.pop(name, None)
             if not self.pods.by_index("node", name):
                 self._missing_since.pop(name, None)
                 return
@@ -88,14 +96,9 @@ class NodeLifecycleController(Controller):
             return
         self._missing_since.pop(name, None)
         lease = self.leases.get(f"kube-node-lease/{name}")
-        renewed = parse_time(((lease or {}).get("spec") or {}).get("renewTime")) if lease else None
-        if renewed is None:
-            ready = _ready_condition(node)
-            renewed = parse_time((ready or {}).get("lastHeartbeatTime"))
-        if renewed is None:
-            renewed = parse_time(node["metadata"].get("creationTimestamp")) or now
-        stale = now - renewed > self.grace_period
         ready = _ready_condition(node)
+        renewed = self._probe(name, lease, ready, now)
+        stale = now - renewed > self.grace_period
         if stale and (ready is None or ready.get("status") != "Unknown"):
             await self._mark_unknown(node)
             return  # the node update brings us back with the new state
@@ -107,6 +110,16 @@ class NodeLifecycleController(Controller):
         delays = [d for d in (next_check, evict_after) if d is not None and d > 0]
         if delays:
             raise Requeue(after=min(delays) + 0.05)
+
+    def _probe(self, name: str, lease: dict[str, Any] | None, ready: dict[str, Any] | None, now: float) -> float:
+        """When this controller last saw the node's heartbeat (lease renewal or status post) change."""
+        beat = (((lease or {}).get("spec") or {}).get("renewTime"), (ready or {}).get("lastHeartbeatTime"))
+        seen = self._probes.get(name)
+        if seen is None or seen[0] != beat:
+            # First sight counts as a heartbeat, as upstream ("assuming now as a timestamp").
+            self._probes[name] = (beat, now)
+            return now
+        return seen[1]
 
     async def _mark_unknown(self, node: dict[str, Any]) -> None:
         name = node["metadata"]["name"]

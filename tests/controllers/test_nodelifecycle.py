@@ -9,6 +9,7 @@ import pytest
 
 from kybernetes.api.errors import StatusError
 from kybernetes.client import Client
+from kybernetes.controllers.base import Requeue
 from kybernetes.controllers.common import now_rfc3339
 from kybernetes.controllers.nodelifecycle import NodeLifecycleController, tolerates
 from tests.apiserver.conftest import eventually, start_api, stop_api
@@ -83,6 +84,7 @@ async def test_dead_node_unknown_tainted_pods_evicted(env):
         n = await nodes.get("n1")
         return next(c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready")
     assert await ready_status() == "True"
+    await eventually(lambda: observed(ctl, "n1"), what="lease seen")
     # The kubelet stops renewing: once the grace period passed, the node is Unknown and tainted.
     clock.t += 41
     ctl.enqueue("node/n1")
@@ -110,6 +112,7 @@ async def test_recovered_node_loses_taints(env):
     client, ctl, clock = env
     await make_node(client, "n2")
     nodes = client.resource("v1", "nodes", False)
+    await eventually(lambda: observed(ctl, "n2"), what="lease seen")
     clock.t += 41
     ctl.enqueue("node/n2")
 
@@ -130,6 +133,32 @@ async def test_recovered_node_loses_taints(env):
     await eventually(untainted, what="taints removed")
 
 
+async def test_grace_counts_from_when_the_renewal_was_seen(env):
+    """A lease renewed long ago by the node's clock (a restarted control plane, a skewed
+    node) is not stale at first sight: the grace runs on the controller's clock."""
+    client, ctl, clock = env
+    await make_node(client, "n3")
+    nodes = client.resource("v1", "nodes", False)
+    await eventually(lambda: observed(ctl, "n3"), what="lease seen")
+    clock.t += 35
+    ctl.enqueue("node/n3")
+    await client.resource("coordination.k8s.io/v1", "leases").patch(
+        "n3", {"spec": {"renewTime": "2000-01-01T00:00:00.000000Z"}}, namespace="kube-node-lease")
+    await eventually(lambda: ctl._probes["n3"][0][0].startswith("2000"), what="renewal seen")
+    clock.t += 35  # 70 s after the first sight, 35 s after the (skewed) renewal
+    with pytest.raises(Requeue) as r:  # not stale: check again when the grace runs out
+        await ctl.reconcile("node/n3")
+    assert 4 < r.value.after < 6
+
+    async def ready_status() -> str:
+        n = await nodes.get("n3")
+        return next(c["status"] for c in n["status"]["conditions"] if c["type"] == "Ready")
+    assert await ready_status() == "True"
+    clock.t += 6
+    ctl.enqueue("node/n3")
+    await eventually(lambda: _eq(ready_status(), "Unknown"), what="Ready=Unknown")
+
+
 async def test_pods_on_missing_node_deleted_after_quarantine(env):
     client, ctl, clock = env
     await make_pod(client, "stray", "ghost")
@@ -141,6 +170,12 @@ async def test_pods_on_missing_node_deleted_after_quarantine(env):
     clock.t += 41
     ctl.enqueue("node/ghost")
     await eventually(lambda: _not(_exists(pods, "stray")), what="orphan pod deleted")
+
+
+def observed(ctl: NodeLifecycleController, name: str) -> bool:
+    """The controller has seen the node's lease (the grace period counts from that sight)."""
+    seen = ctl._probes.get(name)
+    return seen is not None and seen[0][0] is not None
 
 
 async def _eq(aw, v) -> bool:
