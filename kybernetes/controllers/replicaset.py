@@ -323,7 +323,7 @@ class ReplicaSetController(Controller):
         self.replicasets.add_handler(on_add=self._rs_changed, on_update=lambda _o, n: self._rs_changed(n),
                                      on_delete=self._rs_changed)
         self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
-        self._ready: dict[str, tuple[str, bool, float | None]] = {}
+        self._known: dict[str, tuple[str, bool, bool, float | None]] = {}
 
     # ------------------------------------------------------------ event handlers
 
@@ -395,7 +395,7 @@ class ReplicaSetController(Controller):
         if key:
             self.expectations.deletion_observed(key, key_of(pod))
             self._enqueue_observed(key)
-        self._ready.pop((pod.get("metadata") or {}).get("uid"), None)
+        self._known.pop((pod.get("metadata") or {}).get("uid"), None)
 
     def _enqueue_observed(self, key: str) -> None:
         """After a creation or deletion was observed: sync now once the last expected one is in."""
@@ -404,17 +404,17 @@ class ReplicaSetController(Controller):
         else:
             self.queue.add_after(key, POD_STATUS_BATCH)
 
-    def _readiness(self, pod: Obj) -> tuple[bool, float | None]:
-        """(Ready, since when) of a pod, derived once per resourceVersion."""
+    def _facts(self, pod: Obj) -> tuple[bool, bool, float | None]:
+        """(active, Ready, Ready since) of a pod, derived once per resourceVersion."""
         m = pod["metadata"]
         uid, rv = m.get("uid"), m.get("resourceVersion")
-        hit = self._ready.get(uid)
+        hit = self._known.get(uid)
         if hit is not None and hit[0] == rv:
-            return hit[1], hit[2]
+            return hit[1], hit[2], hit[3]
         since = _ready_since(pod)
-        ready = since is not None or is_pod_ready(pod)
-        self._ready[uid] = (rv, ready, since)
-        return ready, since
+        facts = (is_pod_active(pod), since is not None or is_pod_ready(pod), since)
+        self._known[uid] = (rv, *facts)
+        return facts
 
     # ------------------------------------------------------------ reconcile
 
@@ -433,10 +433,20 @@ class ReplicaSetController(Controller):
         ns = rs["metadata"].get("namespace") or ""
         # Its own pods and the orphans it could adopt: pods other controllers own are
         # never ours to claim, so a big namespace is not scanned on every sync.
-        candidates = self.pods.by_index(CONTROLLER_INDEX, rs["metadata"]["uid"]) + \
-            self.pods.by_index(ORPHAN_INDEX, ns)
-        active = [p for p in candidates if is_pod_active(p)]
-        owned = await RefManager(self.client, rs, ("apps/v1", "replicasets"), ("v1", "pods"), selector).claim(active)
+        deleting = bool(rs["metadata"].get("deletionTimestamp"))
+        owned: list[Obj] = []
+        to_claim: list[Obj] = []
+        for p in self.pods.by_index(CONTROLLER_INDEX, rs["metadata"]["uid"]):
+            if not self._facts(p)[0]:
+                continue
+            if selector.matches(p["metadata"].get("labels")):
+                owned.append(p)
+            elif not deleting:
+                to_claim.append(p)  # ours but no longer matching: the claim releases it
+        to_claim.extend(p for p in self.pods.by_index(ORPHAN_INDEX, ns) if is_pod_active(p))
+        if to_claim:
+            owned += await RefManager(self.client, rs, ("apps/v1", "replicasets"), ("v1", "pods"),
+                                      selector).claim(to_claim)
         manage_err: Exception | None = None
         diff = 0
         if needs_sync:
@@ -513,7 +523,7 @@ class ReplicaSetController(Controller):
             labels = p["metadata"].get("labels") or {}
             if all(labels.get(k) == v for k, v in items):
                 labeled += 1
-            is_ready, since = self._readiness(p)
+            _active, is_ready, since = self._facts(p)
             if is_ready:
                 ready += 1
                 if min_ready <= 0 or (since is not None and now - since >= min_ready):
