@@ -100,7 +100,8 @@ _k("", "v1", "Service", "services", short_names=("svc",), categories=_ALL, subre
 _k("", "v1", "Endpoints", "endpoints", short_names=("ep",), has_spec=False)
 _k("", "v1", "ConfigMap", "configmaps", short_names=("cm",), has_spec=False)
 _k("", "v1", "Secret", "secrets", has_spec=False)
-_k("", "v1", "ServiceAccount", "serviceaccounts", short_names=("sa",), has_spec=False, return_deleted=True)
+_k("", "v1", "ServiceAccount", "serviceaccounts", short_names=("sa",), subresources=("token",), has_spec=False,
+   return_deleted=True)
 _k("", "v1", "Event", "events", short_names=("ev",), has_spec=False)
 _k("", "v1", "PersistentVolume", "persistentvolumes", namespaced=False, short_names=("pv",),
    subresources=("status",))

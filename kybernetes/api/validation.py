@@ -959,6 +959,20 @@ _STS_MUTABLE = ("replicas", "ordinals", "template", "updateStrategy", "persisten
                 "minReadySeconds")
 
 
+def _with_claim_volumes(spec: dict) -> dict:
+    """The spec with a volume per volumeClaimTemplate, as every pod of the set gets: mounts may name them."""
+    names = [_d(_d(t).get("metadata")).get("name") for t in _l(spec.get("volumeClaimTemplates"))]
+    template = spec.get("template")
+    if not names or not isinstance(template, dict) or not isinstance(template.get("spec"), dict):
+        return spec
+    tspec = template["spec"]
+    have = {_d(v).get("name") for v in _l(tspec.get("volumes"))}
+    extra = [{"name": n, "persistentVolumeClaim": {"claimName": n}} for n in names if n and n not in have]
+    if not extra:
+        return spec
+    return {**spec, "template": {**template, "spec": {**tspec, "volumes": [*_l(tspec.get("volumes")), *extra]}}}
+
+
 def _validate_statefulset(obj: dict, old: dict | None) -> list[FieldError]:
     spec = _d(obj.get("spec"))
     errs = _enum(spec.get("podManagementPolicy"), "spec.podManagementPolicy", ["OrderedReady", "Parallel"])
@@ -978,7 +992,7 @@ def _validate_statefulset(obj: dict, old: dict | None) -> list[FieldError]:
     for f in ("whenDeleted", "whenScaled"):
         if policy.get(f) is not None:
             errs.extend(_enum(policy.get(f), f"spec.persistentVolumeClaimRetentionPolicy.{f}", ["Retain", "Delete"]))
-    errs.extend(_validate_selector_and_template(spec, "statefulset", restart=["Always"]))
+    errs.extend(_validate_selector_and_template(_with_claim_volumes(spec), "statefulset", restart=["Always"]))
     errs.extend(_no_active_deadline(spec, "StatefulSet"))
     for i, pvc in enumerate(_l(spec.get("volumeClaimTemplates"))):
         errs.extend(_validate_pvc_spec(_d(_d(pvc).get("spec")), f"spec.volumeClaimTemplates[{i}].spec"))

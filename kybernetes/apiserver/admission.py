@@ -1,9 +1,11 @@
 """Built-in admission: what the server decides about an object beyond its own validity.
 
 NamespaceLifecycle (content needs an existing, non-terminating namespace;
-the boot namespaces cannot be deleted) and the Service allocators (a cluster
-IP from the service CIDR, node ports from 30000-32767) live here. Each step
-reads cluster state from the watch cache, never from another component.
+the boot namespaces cannot be deleted), the Service allocators (a cluster
+IP from the service CIDR, node ports from 30000-32767) and ServiceAccount
+(a new pod's service account must exist; its API token is mounted) live
+here. Each step reads cluster state from the watch cache, never from
+another component.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ import orjson
 
 from ..api import errors
 from ..api.kinds import Kind
+from ..api.storage import ANN_BETA_CLASS, is_default_class
 from .watchcache import WatchCache
 
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
 NODE_PORT_RANGE = (30000, 32767)
+SA_TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+SA_VOLUME_PREFIX = "kube-api-access-"
+# What the kubelet asks for the mounted token: a little over an hour, refreshed well before.
+SA_TOKEN_EXPIRATION = 3607
 
 
 @dataclass(slots=True)
@@ -32,8 +39,11 @@ class Reservation:
 
 
 class Admission:
-    def __init__(self, cache: WatchCache, service_cidr: str = "10.96.0.0/12"):
+    def __init__(self, cache: WatchCache, service_cidr: str = "10.96.0.0/12", service_accounts: bool = False):
         self.cache = cache
+        # The ServiceAccount plugin; off for a bare API server whose namespaces nobody gives a
+        # default service account (no controller manager), as upstream's would reject every pod.
+        self.service_accounts = service_accounts
         self.service_net = ipaddress.ip_network(service_cidr)
         self._lock = asyncio.Lock()
         # Allocated by writes in flight: not yet in the cache, and released
@@ -61,6 +71,10 @@ class Admission:
                     f"forbidden: unable to create new content in namespace {ns} because it is being terminated")
         if kind.kind == "Service" and not kind.group:
             return await self._allocate_service(obj, None)
+        if kind.kind == "PersistentVolumeClaim" and not kind.group:
+            self._default_storage_class(obj)
+        if kind.kind == "Pod" and not kind.group and self.service_accounts:
+            await self._admit_pod_service_account(obj)
         return None
 
     async def admit_update(self, kind: Kind, new: dict, old: dict, user: str) -> Reservation | None:
@@ -88,6 +102,68 @@ class Admission:
             if name in IMMORTAL_NAMESPACES:
                 raise errors.forbidden_error(f'namespaces "{name}" is forbidden: this namespace may not be '
                                              f'deleted')
+
+    # ------------------------------------------------------------ storage classes
+
+    def _default_storage_class(self, claim: dict) -> None:
+        """DefaultStorageClass: a claim that names no class (none at all, not "") gets the default one."""
+        spec = claim.setdefault("spec", {})
+        if spec.get("storageClassName") is not None or \
+                ANN_BETA_CLASS in (claim["metadata"].get("annotations") or {}):
+            return
+        defaults = [sc for e in self.cache.cache("/registry/storageclasses/").objects.values()
+                    if is_default_class(sc := orjson.loads(e.raw))]
+        if defaults:
+            # Several defaults: the newest wins, then the first by name, as upstream.
+            defaults.sort(key=lambda sc: sc["metadata"].get("name") or "")
+            defaults.sort(key=lambda sc: sc["metadata"].get("creationTimestamp") or "", reverse=True)
+            spec["storageClassName"] = defaults[0]["metadata"]["name"]
+
+    # ------------------------------------------------------------ service accounts
+
+    def _cached_sa(self, ns: str, name: str) -> dict | None:
+        key = f"/registry/serviceaccounts/{ns}/{name}"
+        e = self.cache.cache("/registry/serviceaccounts/").objects.get(key)
+        return orjson.loads(e.raw) if e else None
+
+    async def _service_account(self, ns: str, name: str) -> dict | None:
+        sa = self._cached_sa(ns, name)
+        if sa is not None:
+            return sa
+        await self.cache.fresh()
+        sa = self._cached_sa(ns, name)
+        # The default account is made by a controller right after its namespace: give it a moment,
+        # as upstream's plugin retries its lookup for a second or two before refusing the pod.
+        attempts = 10 if name == "default" else 0
+        while sa is None and attempts:
+            attempts -= 1
+            await asyncio.sleep(random.uniform(0.1, 0.2))
+            await self.cache.fresh()
+            sa = self._cached_sa(ns, name)
+        return sa
+
+    async def _admit_pod_service_account(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+            return  # a mirror shows a static pod the kubelet runs from its manifest: never changed here
+        spec = pod.setdefault("spec", {})
+        name = spec.get("serviceAccountName") or "default"
+        spec["serviceAccountName"] = name
+        spec["serviceAccount"] = name
+        ns = meta.get("namespace") or ""
+        sa = await self._service_account(ns, name)
+        if sa is None:
+            raise errors.forbidden_error(
+                f'pods "{meta.get("name") or meta.get("generateName") or ""}" is forbidden: error looking up '
+                f'service account {ns}/{name}: serviceaccount "{name}" not found')
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            automount = sa.get("automountServiceAccountToken")
+        if automount is not False:
+            _mount_token(spec)
+        if not spec.get("imagePullSecrets") and sa.get("imagePullSecrets"):
+            spec["imagePullSecrets"] = [{"name": s.get("name", "")} for s in sa["imagePullSecrets"]
+                                        if isinstance(s, dict)]
 
     # ------------------------------------------------------------ services
 
@@ -216,6 +292,36 @@ class Admission:
                 return p
         raise errors.StatusError(500, "InternalError", "Internal error occurred: failed to allocate a nodePort: "
                                  "range is full")
+
+
+def _mount_token(spec: dict) -> None:
+    """Add the kube-api-access projected volume and mount it in every container that lacks one there."""
+    volumes = spec.get("volumes") if isinstance(spec.get("volumes"), list) else []
+    vol_name = next((v.get("name") for v in volumes if isinstance(v, dict)
+                     and str(v.get("name", "")).startswith(SA_VOLUME_PREFIX)), None)
+    have_volume = vol_name is not None
+    if vol_name is None:
+        alphabet = "bcdfghjklmnpqrstvwxz2456789"
+        vol_name = SA_VOLUME_PREFIX + "".join(random.choice(alphabet) for _ in range(5))
+    needed = False
+    for group in ("initContainers", "containers"):
+        for c in spec.get(group) or []:
+            if not isinstance(c, dict):
+                continue
+            mounts = c.get("volumeMounts") if isinstance(c.get("volumeMounts"), list) else []
+            if any(isinstance(m, dict) and m.get("mountPath") == SA_TOKEN_MOUNT_PATH for m in mounts):
+                continue  # the pod brings its own credentials there
+            c["volumeMounts"] = [*mounts, {"name": vol_name, "readOnly": True, "mountPath": SA_TOKEN_MOUNT_PATH}]
+            needed = True
+    if needed and not have_volume:
+        spec["volumes"] = [*volumes, {"name": vol_name, "projected": {
+            "defaultMode": 0o644,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": SA_TOKEN_EXPIRATION, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
+                                                                             "fieldPath": "metadata.namespace"}}]}},
+            ]}}]
 
 
 def kubernetes_service_ip(service_cidr: str) -> str:

@@ -1,7 +1,8 @@
 """The HTTPS front door: aiohttp, TLS, authentication, and streaming of watches.
 
 Authentication is upstream's: an x509 client certificate signed by the
-cluster CA (user = CN, groups = O) or a bearer token. Anonymous requests may
+cluster CA (user = CN, groups = O) or a bearer token, static or a service
+account token (see serviceaccounts.py). Anonymous requests may
 reach only the health and version endpoints. Everything else is handed to
 APIServer.handle as a transport-independent Request.
 """
@@ -88,7 +89,10 @@ def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
         who = _peer_identity(request)
         auth = request.headers.get("Authorization", "")
         if who is None and auth.startswith("Bearer "):
-            who = tokens.lookup(auth[7:].strip())
+            token = auth[7:].strip()
+            who = tokens.lookup(token)
+            if who is None and token.count(".") == 2:
+                who = await api.service_accounts.authenticate(token)
             if who is None:
                 err = errors.unauthorized()
                 return web.Response(status=401, body=err.to_bytes(), content_type="application/json")

@@ -1,4 +1,5 @@
-"""The cluster's PKI: a CA, the API server's serving certificate, admin credentials, kubeconfig.
+"""The cluster's PKI: a CA, the API server's serving certificate, admin credentials, kubeconfig,
+and the key pair that signs service account tokens (sa.key, sa.pub).
 
 Generated on first start into <data-dir>/pki and reused afterwards, so a
 kubeconfig written once keeps working across restarts. Client certificates
@@ -86,6 +87,14 @@ class PKI:
     def join_token_file(self) -> Path:
         return self.dir / "join.token"
 
+    @property
+    def sa_key(self) -> Path:
+        return self.dir / "sa.key"
+
+    @property
+    def sa_pub(self) -> Path:
+        return self.dir / "sa.pub"
+
     def ensure(self, hosts: list[str]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not (self.ca_cert.exists() and self.ca_key.exists()):
@@ -106,6 +115,12 @@ class PKI:
             _write(self.token_file, secrets.token_hex(24).encode())
         if not self.join_token_file.exists():
             _write(self.join_token_file, (secrets.token_hex(3) + "." + secrets.token_hex(8)).encode())
+        if not self.sa_key.exists():
+            # Tokens handed out stay valid across restarts only if the key that signed them does.
+            k = _key()
+            _write(self.sa_key, _key_pem(k))
+            _write(self.sa_pub, k.public_key().public_bytes(serialization.Encoding.PEM,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
 
     def _make_ca(self) -> None:
         k = _key()

@@ -27,6 +27,7 @@ from ..api.schema import ServedResource, get_schema
 from ..api.selectors import field_set
 from ..storage.base import Compactor, Store
 from . import eviction, proxy, tables
+from . import serviceaccounts as sa_api
 from .metrics import Metrics
 from . import metrics as metrics_api
 from .admission import Admission, kubernetes_service_ip
@@ -51,15 +52,21 @@ def _status_ok(details: dict[str, Any] | None = None) -> bytes:
 class APIServer:
     def __init__(self, store: Store, *, registry: Registry | None = None, service_cidr: str = "10.96.0.0/12",
                  advertise: str = "127.0.0.1:6443", watch_cache_window: int = 10000,
-                 bookmark_interval: float = 30.0):
+                 bookmark_interval: float = 30.0, service_account_key: bytes | None = None,
+                 service_account_admission: bool = False):
         """watch_cache_window: events kept per resource for watches to resume from;
-        bookmark_interval: seconds of quiet after which a watch asking for bookmarks gets one."""
+        bookmark_interval: seconds of quiet after which a watch asking for bookmarks gets one;
+        service_account_key: PEM private key signing service account tokens (a per-process one if None);
+        service_account_admission: default and check pods' service accounts and mount their tokens
+        (needs a controller manager that gives every namespace its default service account)."""
         self.store = store
         self.registry = registry or builtin_registry()
         self.service_cidr = service_cidr
         self.advertise = advertise
         self.cache = WatchCache(store, window=watch_cache_window, fields_for=self._fields_for)
-        self.admission = Admission(self.cache, service_cidr)
+        self.admission = Admission(self.cache, service_cidr, service_accounts=service_account_admission)
+        self.service_accounts = sa_api.ServiceAccountTokens(store, self.cache, self.registry,
+                                                            key_pem=service_account_key)
         self.rest = REST(store, self.cache, self.registry, self.admission, bookmark_interval=bookmark_interval)
         self.schema = get_schema()
         self._discovery: dict[str, bytes] = {}
@@ -156,6 +163,8 @@ class APIServer:
             if not segs:
                 return self._cached("apis", self._api_groups)
             group = segs[0]
+            if group == sa_api.GROUP:
+                return await self._authentication(req, segs[1:])
             if group == metrics_api.GROUP:
                 if len(segs) == 1:
                     return self._json({"kind": "APIGroup", "apiVersion": "v1", **metrics_api.group_entry()})
@@ -172,6 +181,10 @@ class APIServer:
             return self._health(req, path)
         if path == "/version":
             return self._json(version_info())
+        if path == "/.well-known/openid-configuration":
+            return self._json(self.service_accounts.openid_configuration())
+        if path == "/openid/v1/jwks":
+            return Response(200, orjson.dumps(self.service_accounts.jwks()), "application/jwk-set+json")
         if path == "/openapi/v2":
             accept = req.headers.get("accept", "")
             if openapi_pb.wants_protobuf(accept):
@@ -231,6 +244,7 @@ class APIServer:
 
     def _api_groups(self) -> dict:
         groups = [self._group(g) for g in self.registry.groups() if g]
+        groups.append(sa_api.group_entry())
         groups.append(metrics_api.group_entry())
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
@@ -265,6 +279,8 @@ class APIServer:
                                    "portforward": "PodPortForwardOptions"}[sub], verbs=["create", "get"])
                 elif sub == "finalize":
                     s.update(verbs=["update"])
+                elif sub == "token":
+                    s.update(group=sa_api.GROUP, version=sa_api.VERSION, kind="TokenRequest", verbs=["create"])
                 res.append(s)
         gv = f"{group}/{version}" if group else version
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": res}
@@ -414,10 +430,32 @@ class APIServer:
         if sub == "eviction" and m == "POST":
             code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), req.user)
             return Response(code, raw, JSON)
+        if sub == "token" and m == "POST":
+            code, raw = await self.service_accounts.token_request(ns or "", name, decode_body(req.body, ct))
+            return Response(code, raw, JSON)
         if sub == "finalize" and m == "PUT":
             code, raw = await self.rest.finalize_namespace(kind, name, decode_body(req.body, ct))
             return Response(code, raw, JSON)
         raise errors.method_not_allowed()
+
+    async def _authentication(self, req: Request, segs: list[str]) -> Response:
+        """authentication.k8s.io: TokenReview and SelfSubjectReview, computed, never stored."""
+        if not segs:
+            return self._json({"kind": "APIGroup", "apiVersion": "v1", **sa_api.group_entry()})
+        if segs[0] != sa_api.VERSION or len(segs) > 2:
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        if len(segs) == 1:
+            return self._json(sa_api.resource_list())
+        if segs[1] not in ("tokenreviews", "selfsubjectreviews"):
+            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        if req.method != "POST":
+            raise errors.method_not_allowed()
+        body = decode_body(req.body, req.headers.get("content-type", ""))
+        if segs[1] == "tokenreviews":
+            code, raw = await self.service_accounts.token_review(body)
+        else:
+            code, raw = sa_api.self_subject_review(req.user, req.groups)
+        return Response(code, raw, JSON)
 
     def _obj_response(self, code: int, raw: bytes, warnings: list[str], kind: Kind, accept: str) -> Response:
         headers = {}

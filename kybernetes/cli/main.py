@@ -65,7 +65,8 @@ async def run_server(args: argparse.Namespace) -> int:
     store = open_store(args.store or str(data / "state.db"), ring_size=1000)
     host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     advertise = f"{host_for_url}:{args.port}"
-    api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise)
+    api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise,
+                    service_account_key=pki.sa_key.read_bytes(), service_account_admission=True)
     from ..apiserver.proxy import KubeletClient
     api.kubelet_client = KubeletClient.from_pki(pki)
     await api.start()
@@ -86,7 +87,9 @@ async def run_server(args: argparse.Namespace) -> int:
         raise SystemExit(f"kyb server: --disable: unknown component(s) {', '.join(sorted(unknown))}")
     manager = None
     if "controllers" not in disabled:
-        manager = ControllerManager.in_process(api, node_monitor_grace_period=args.node_monitor_grace_period)
+        manager = ControllerManager.in_process(api, node_monitor_grace_period=args.node_monitor_grace_period,
+                                               root_ca=pki.ca_cert.read_text(),
+                                               storage_dir=str(data / "storage"))
         await manager.start()
     scheduler = None
     if "scheduler" not in disabled:

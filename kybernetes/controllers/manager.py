@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from ..client import Client
+from ..client.informer import SharedInformers
 from .base import Controller
 from .cronjob import CronJobController
 from .daemonset import DaemonSetController
@@ -21,7 +22,9 @@ from .garbagecollector import GarbageCollector
 from .job import JobController
 from .namespace import NamespaceController
 from .nodelifecycle import NodeLifecycleController
+from .persistentvolume import PersistentVolumeController
 from .replicaset import ReplicaSetController
+from .serviceaccount import RootCACertPublisher, ServiceAccountController
 from .statefulset import StatefulSetController
 
 log = logging.getLogger("kybernetes.controllers")
@@ -29,9 +32,13 @@ log = logging.getLogger("kybernetes.controllers")
 
 class ControllerManager:
     def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]], *,
-                 node_monitor_grace_period: float = 40.0):
-        """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage."""
+                 node_monitor_grace_period: float = 40.0, root_ca: str = "",
+                 storage_dir: str | None = None):
+        """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage;
+        root_ca: the cluster CA (PEM) published to every namespace as kube-root-ca.crt (none if empty);
+        storage_dir: where the local-path provisioner makes volumes (no provisioning if None)."""
         self.client = client
+        client.shared_informers = SharedInformers()
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources),
@@ -41,10 +48,13 @@ class ControllerManager:
                                               DisruptionController(client),
                                               HorizontalPodAutoscalerController(client),
                                               NodeLifecycleController(client,
-                                                                      grace_period=node_monitor_grace_period)]
+                                                                      grace_period=node_monitor_grace_period),
+                                              ServiceAccountController(client),
+                                              PersistentVolumeController(client, storage_dir=storage_dir),
+                                              *([RootCACertPublisher(client, root_ca)] if root_ca else [])]
 
     @classmethod
-    def in_process(cls, api, **options: float) -> ControllerManager:
+    def in_process(cls, api, **options: float | str) -> ControllerManager:
         client = Client.in_process(api.handle)
         seen: set[str] = set()
         resources = []
@@ -63,4 +73,6 @@ class ControllerManager:
     async def stop(self) -> None:
         for c in self.controllers:
             await c.stop()
+        if self.client.shared_informers is not None:
+            await self.client.shared_informers.stop()
         await self.client.close()

@@ -23,7 +23,9 @@ One reconcile takes the steps upstream's stateful set control takes:
 * ``persistentVolumeClaimRetentionPolicy`` decides who owns the claims:
   ``whenDeleted: Delete`` makes the StatefulSet an owner (the garbage collector
   removes them with it), ``whenScaled: Delete`` makes a condemned pod the owner
-  just before it is deleted, so its claim goes with it.
+  just before it is deleted, so its claim goes with it. A pod whose claim is
+  still being deleted is not created until the claim is gone and made afresh,
+  so it never starts on storage about to vanish.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class StatefulSetController(Controller):
         self.pods.add_handler(on_add=self._pod_event, on_update=self._pod_updated, on_delete=self._pod_event)
         self.revisions.add_handler(on_add=self._owned_event, on_update=lambda _o, n: self._owned_event(n),
                                    on_delete=self._owned_event)
+        self.claims.add_handler(on_delete=self._claim_deleted)
         self.pods_rc = client.resource("v1", "pods")
         self.sets_rc = client.resource("apps/v1", "statefulsets")
         self.revisions_rc = client.resource("apps/v1", "controllerrevisions")
@@ -155,6 +158,16 @@ class StatefulSetController(Controller):
         if old_key and old_key != _set_key_for(new):
             self.enqueue(old_key)
         self._pod_event(new)
+
+    def _claim_deleted(self, claim: Obj) -> None:
+        """A pod waiting for its old claim to go can now get a new one."""
+        name = claim["metadata"].get("name") or ""
+        for sts in self.sets.list_by_namespace(claim["metadata"].get("namespace") or ""):
+            set_name = sts["metadata"]["name"]
+            for tmpl in (sts.get("spec") or {}).get("volumeClaimTemplates") or []:
+                if name.startswith(f"{(tmpl.get('metadata') or {}).get('name')}-{set_name}-"):
+                    self._enqueue_set(sts)
+                    break
 
     def _enqueue_adopters(self, pod: Obj) -> None:
         labels = pod["metadata"].get("labels") or {}
@@ -299,7 +312,12 @@ class StatefulSetController(Controller):
             if pod is None:
                 old_ordinal = rolling and ordinal < partition
                 revision = current if old_ordinal else update
-                await self._ensure_claims(sts, ordinal, None, condemned=False)
+                if not await self._ensure_claims(sts, ordinal, None, condemned=False):
+                    # Its claim from before is still going away: the pod waits for a fresh one
+                    # rather than start on storage about to vanish (the claim's deletion wakes us).
+                    if monotonic:
+                        return
+                    continue
                 try:
                     await self.pods_rc.create(new_pod(sts, template_of(revision), ordinal,
                                                       revision["metadata"]["name"]), sts["metadata"]["namespace"])
@@ -388,7 +406,9 @@ class StatefulSetController(Controller):
                          "uid": uid})
         return refs
 
-    async def _ensure_claims(self, sts: Obj, ordinal: int, pod: Obj | None, *, condemned: bool) -> None:
+    async def _ensure_claims(self, sts: Obj, ordinal: int, pod: Obj | None, *, condemned: bool) -> bool:
+        """Create missing claims and set their owners; False while one of them is being deleted."""
+        ready = True
         ns = sts["metadata"]["namespace"]
         set_name = sts["metadata"]["name"]
         match_labels = ((sts.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
@@ -415,6 +435,7 @@ class StatefulSetController(Controller):
                         raise
                 continue
             if _deleting(claim):
+                ready = False
                 continue
             have = claim["metadata"].get("ownerReferences") or []
             if have == refs:
@@ -427,6 +448,7 @@ class StatefulSetController(Controller):
             except StatusError as e:
                 if e.code not in (404, 409, 422):
                     raise
+        return ready
 
     # ------------------------------------------------------------ status
 

@@ -24,7 +24,9 @@ from kybernetes.client import Client, Informer
 from kybernetes.kubelet import static as staticpods
 from kybernetes.kubelet.node import NodeConfig, NodeStatusManager, capacity, detect_host_ip
 from kybernetes.kubelet.podworker import BackOff, PodWorker
-from kybernetes.kubelet.volumes import VolumeManager
+from kybernetes.kubelet.pvc import ClaimResolver
+from kybernetes.kubelet.tokens import TokenManager
+from kybernetes.kubelet.volumes import VolumeError, VolumeManager
 from kybernetes.runtime.base import Notice, Runtime, RuntimeEvent
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,10 @@ class Kubelet:
         self._configmaps = client.resource("v1", "configmaps")
         self._secrets = client.resource("v1", "secrets")
         self._sa = client.resource("v1", "serviceaccounts")
+        self.tokens = TokenManager(self._request_token)
         self.volumes = VolumeManager(cfg.root_dir, get_configmap=self.get_configmap, get_secret=self.get_secret,
-                                     get_token=self._token, node_allocatable=self.allocatable)
+                                     get_token=self._token, node_allocatable=self.allocatable,
+                                     resolve_claim=ClaimResolver(client).host_path)
         self.backoff = BackOff(cfg.backoff_base, cfg.backoff_max)
         self.pod_informer = Informer(self.pods, field_selector=f"spec.nodeName={cfg.node_name}")
         self.service_informer = Informer(client.resource("v1", "services"))
@@ -171,6 +175,7 @@ class Kubelet:
         w = self.workers.get(uid)
         if w is not None and w.finished:
             del self.workers[uid]
+            self.tokens.forget(uid)
             for k in [k for k, v in self._owners.items() if v is w]:
                 del self._owners[k]
 
@@ -227,19 +232,17 @@ class Kubelet:
     def services(self) -> list[Obj]:
         return self.service_informer.list()
 
+    async def _request_token(self, namespace: str, service_account: str, body: Obj) -> Obj:
+        return await self._sa.create_subresource(service_account, "token", body, namespace)
+
     async def _token(self, pod: Obj, src: Obj) -> str | None:
-        """A bound service account token via TokenRequest, when the API server offers it."""
-        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"audiences": [src["audience"]] if src.get("audience") else [],
-                         "expirationSeconds": int(src.get("expirationSeconds") or 3607),
-                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
-                                            "uid": pod["metadata"]["uid"]}}}
+        """A pod-bound service account token (TokenRequest), reused until it is due for renewal."""
         try:
-            res = await self._sa.create_subresource(sa, "token", body, pod["metadata"].get("namespace"))
-        except StatusError:
-            return None
-        return ((res or {}).get("status") or {}).get("token")
+            return await self.tokens.get(pod, src)
+        except Exception as e:  # any failure to get a token is a failed mount, retried on the next sync
+            sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+            why = e.message if isinstance(e, StatusError) else str(e)
+            raise VolumeError(f'failed to fetch token for serviceaccount "{sa}": {why}') from None
 
     # ------------------------------------------------------------------ events
 

@@ -32,6 +32,7 @@ from kybernetes.runtime.base import Mount
 Obj = dict[str, Any]
 ObjectGetter = Callable[[str, str], Awaitable[Obj | None]]
 TokenGetter = Callable[[Obj, Obj], Awaitable[str | None]]
+ClaimResolver = Callable[[str, Obj], Awaitable[str]]
 
 DATA_DIR = "..data"
 
@@ -50,7 +51,7 @@ PLUGINS = {
 
 
 def volume_kind(vol: Obj) -> str:
-    for k in ("emptyDir", "configMap", "secret", "downwardAPI", "projected", "hostPath"):
+    for k in ("emptyDir", "configMap", "secret", "downwardAPI", "projected", "hostPath", "persistentVolumeClaim"):
         if k in vol:
             return k
     return ""
@@ -186,8 +187,11 @@ class VolumeManager:
     """Sets up, refreshes and tears down the volumes of the pods on one node."""
 
     def __init__(self, root: str, *, get_configmap: ObjectGetter, get_secret: ObjectGetter,
-                 get_token: TokenGetter | None = None, node_allocatable: dict[str, str] | None = None) -> None:
+                 get_token: TokenGetter | None = None, node_allocatable: dict[str, str] | None = None,
+                 resolve_claim: ClaimResolver | None = None) -> None:
         self.root = root
+        # persistentVolumeClaim source -> the bound volume's host directory (see pvc.py).
+        self.resolve_claim = resolve_claim
         self.get_configmap = get_configmap
         self.get_secret = get_secret
         self.get_token = get_token
@@ -221,6 +225,10 @@ class VolumeManager:
         if kind == "hostPath":
             check_host_path(vol["hostPath"])
             return path
+        if kind == "persistentVolumeClaim":
+            if self.resolve_claim is None:
+                raise VolumeError(f"volume {vol.get('name')!r}: persistentVolumeClaim volumes are not available")
+            return await self.resolve_claim(ns, vol["persistentVolumeClaim"])
         if kind == "emptyDir":
             self._empty_dir(path, vol["emptyDir"] or {})
             return path
@@ -272,12 +280,10 @@ class VolumeManager:
                                             self.node_allocatable))
             elif "serviceAccountToken" in s:
                 ref = s["serviceAccountToken"]
+                # The getter raises VolumeError when no token can be had (the mount fails, as
+                # upstream's); a manager with no getter (tests) writes an empty token.
                 token = await self.get_token(pod, ref) if self.get_token else None
-                if token is None:
-                    # The API server has no TokenRequest yet: the file exists so programs that
-                    # open it start, but it authenticates nobody (see the kubelet's notes).
-                    token = ""
-                files[ref.get("path") or "token"] = FileEntry(token.encode(), 0o600 if mode == 0o644 else mode)
+                files[ref.get("path") or "token"] = FileEntry((token or "").encode(), mode)
         return files
 
     def _empty_dir(self, path: str, src: Obj) -> None:
@@ -368,6 +374,7 @@ def container_mounts(container: Obj, volume_paths: dict[str, str], pod: Obj) -> 
                 os.makedirs(host, exist_ok=True)
         kind = volume_kind(vols.get(name, {}))
         # Upstream mounts these API-sourced volumes read-only whatever the mount says.
-        readonly = bool(vm.get("readOnly")) or kind in ("configMap", "secret", "downwardAPI", "projected")
+        readonly = bool(vm.get("readOnly")) or kind in ("configMap", "secret", "downwardAPI", "projected") or (
+            kind == "persistentVolumeClaim" and bool(vols[name]["persistentVolumeClaim"].get("readOnly")))
         out.append(Mount(host_path=host, container_path=vm.get("mountPath", ""), readonly=readonly))
     return out

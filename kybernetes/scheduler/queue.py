@@ -44,6 +44,9 @@ ASSIGNED_POD_UPDATE = "AssignedPodUpdate"
 ASSIGNED_POD_DELETE = "AssignedPodDelete"
 NAMESPACE_CHANGE = "NamespaceChange"
 UNSCHEDULABLE_TIMEOUT = "UnschedulableTimeout"
+PVC_CHANGE = "PersistentVolumeClaimChange"
+PV_CHANGE = "PersistentVolumeChange"
+STORAGE_CLASS_CHANGE = "StorageClassChange"
 EVENT_PLUGINS: dict[str, frozenset[str] | None] = {
     NODE_ADD: None,
     NODE_UPDATE: None,
@@ -52,6 +55,9 @@ EVENT_PLUGINS: dict[str, frozenset[str] | None] = {
     ASSIGNED_POD_UPDATE: frozenset({"InterPodAffinity", "PodTopologySpread"}),
     NAMESPACE_CHANGE: frozenset({"InterPodAffinity"}),
     UNSCHEDULABLE_TIMEOUT: None,
+    PVC_CHANGE: frozenset({"VolumeBinding"}),
+    PV_CHANGE: frozenset({"VolumeBinding"}),
+    STORAGE_CLASS_CHANGE: frozenset({"VolumeBinding"}),
 }
 
 

@@ -37,6 +37,7 @@ from .framework import FitError, Framework
 from .nodeinfo import Cache, PodInfo, pod_key
 from .plugins import DEFAULT_WEIGHTS, LEAST_ALLOCATED, default_plugins
 from .plugins.noderesources import DEFAULT_RESOURCES
+from .plugins.volumebinding import PreBindError
 from .preemption import Preemptor
 from .queue import (
     ASSIGNED_POD_ADD,
@@ -45,6 +46,9 @@ from .queue import (
     NAMESPACE_CHANGE,
     NODE_ADD,
     NODE_UPDATE,
+    PV_CHANGE,
+    PVC_CHANGE,
+    STORAGE_CLASS_CHANGE,
     QueuedPod,
     SchedulingQueue,
 )
@@ -162,8 +166,20 @@ class Scheduler:
         self.namespace_informer = Informer(client.resource("v1", "namespaces", namespaced=False))
         self.priority_class_informer = Informer(
             client.resource("scheduling.k8s.io/v1", "priorityclasses", namespaced=False))
-        self.informers = [self.priority_class_informer, self.namespace_informer, self.node_informer,
-                          self.pod_informer]
+        # What the VolumeBinding plugin reads: claims, volumes and classes.
+        self.pvc_informer = Informer(client.resource("v1", "persistentvolumeclaims"), transform=strip_managed_fields)
+        self.pv_informer = Informer(client.resource("v1", "persistentvolumes", namespaced=False),
+                                    transform=strip_managed_fields)
+        self.storage_class_informer = Informer(
+            client.resource("storage.k8s.io/v1", "storageclasses", namespaced=False), transform=strip_managed_fields)
+        self.informers = [self.priority_class_informer, self.namespace_informer, self.storage_class_informer,
+                          self.pv_informer, self.pvc_informer, self.node_informer, self.pod_informer]
+        self.volume_binding = next((p for p in plugins if p.name == "VolumeBinding"), None)
+        if self.volume_binding is not None:
+            self.volume_binding.claims = self.pvc_informer
+            self.volume_binding.volumes = self.pv_informer
+            self.volume_binding.classes = self.storage_class_informer
+            self.volume_binding.claims_client = client.resource("v1", "persistentvolumeclaims")
         self.reporting_instance = f"{cfg.scheduler_name}-{socket.gethostname()}"
         self.stats = {"scheduled": 0, "unschedulable": 0, "bind_errors": 0, "preemptions": 0,
                       "cycle_seconds": 0.0}
@@ -234,6 +250,17 @@ class Scheduler:
             lambda ns: self.cache.set_namespace(ns, deleted=True))
         self.priority_class_informer.add_handler(self._on_priority_class, lambda _o, n: self._on_priority_class(n),
                                                  self._on_priority_class_delete)
+        self.pvc_informer.add_handler(lambda _c: self._on_claim(), lambda _o, _n: self._on_claim(),
+                                      lambda _c: self._on_claim())
+        self.pv_informer.add_handler(lambda _v: self.queue.move_all(PV_CHANGE),
+                                     lambda _o, _n: self.queue.move_all(PV_CHANGE))
+        self.storage_class_informer.add_handler(lambda _c: self.queue.move_all(STORAGE_CLASS_CHANGE),
+                                                lambda _o, _n: self.queue.move_all(STORAGE_CLASS_CHANGE))
+
+    def _on_claim(self) -> None:
+        if self.volume_binding is not None:
+            self.volume_binding.notify()
+        self.queue.move_all(PVC_CHANGE)
 
     def _on_priority_class(self, pc: Obj) -> None:
         value = pc.get("value")
@@ -325,6 +352,8 @@ class Scheduler:
     def _forget_pending(self, pod: Obj) -> None:
         key = pod_key(pod)
         self.queue.delete(pod)
+        if self.volume_binding is not None:
+            self.volume_binding.notify()  # a binding waiting for this pod's claims can stop
         self.cache.clear_nominated(key)
         self.cache.forget_pod(key)
         uid = (pod.get("metadata") or {}).get("uid") or ""
@@ -395,9 +424,18 @@ class Scheduler:
                 "metadata": {"name": pi.name, "namespace": pi.namespace, **({"uid": pi.uid} if pi.uid else {})},
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
         try:
+            if self.volume_binding is not None:
+                await self.volume_binding.pre_bind(pi, node, wanted=lambda: pi.key in self.queue)
             await self.pods.create_subresource(pi.name, "binding", body, pi.namespace)
         except asyncio.CancelledError:
             raise
+        except PreBindError as e:
+            self.cache.forget_pod(pi.key)
+            self.stats["bind_errors"] += 1
+            self.queue.add_unschedulable(qp, cycle, error=True)
+            await self._record_event(qp.pod, "Warning", "FailedScheduling",
+                                     f'running PreBind plugin "VolumeBinding": {e}')
+            return
         except Exception as e:
             self.cache.forget_pod(pi.key)
             self.stats["bind_errors"] += 1

@@ -20,6 +20,7 @@ from .noderesources import (
 from .nodeunschedulable import NodeUnschedulable
 from .podtopologyspread import PodTopologySpread
 from .tainttoleration import TaintToleration
+from .volumebinding import VolumeBinding
 
 # Upstream's default score weights: taints weigh most, then affinity and spreading.
 DEFAULT_WEIGHTS: dict[str, int] = {
@@ -43,6 +44,7 @@ def default_plugins(strategy: str = LEAST_ALLOCATED, resources: Sequence[tuple[s
         NodeAffinity(),
         NodePorts(),
         NodeResourcesFit(strategy, resources, shape),
+        VolumeBinding(),
         PodTopologySpread(),
         InterPodAffinity(),
         BalancedAllocation(resources),
@@ -53,5 +55,5 @@ def default_plugins(strategy: str = LEAST_ALLOCATED, resources: Sequence[tuple[s
 __all__ = [
     "DEFAULT_WEIGHTS", "LEAST_ALLOCATED", "MOST_ALLOCATED", "REQUESTED_TO_CAPACITY_RATIO", "BalancedAllocation",
     "InterPodAffinity", "NodeAffinity", "NodeName", "NodePorts", "NodeResourcesFit", "NodeUnschedulable",
-    "PodTopologySpread", "TaintToleration", "default_plugins",
+    "PodTopologySpread", "TaintToleration", "VolumeBinding", "default_plugins",
 ]
