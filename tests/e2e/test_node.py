@@ -120,6 +120,26 @@ def test_agent_joins_and_goes_not_ready_when_stopped(server: Server, tmp_path):
             conds = json.loads(p.stdout)["status"].get("conditions") or []
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
         wait_for(ready, timeout=30)
+        # Two pods of a Deployment land on the agent (the server's own node is cordoned
+        # meanwhile); they tolerate an unreachable node for 0 s, so they move at once.
+        own = [n["metadata"]["name"] for n in server.kjson("get", "nodes")["items"]
+               if n["metadata"]["name"] != "agent-1"]
+        for n in own:
+            server.kubectl("cordon", n)
+        server.kubectl("create", "deployment", "heal", "--image=busybox", "--replicas=2", "--", "sleep", "3600")
+        server.kubectl("patch", "deployment", "heal", "--type=merge", "-p", json.dumps({"spec": {"template": {
+            "spec": {"terminationGracePeriodSeconds": 1, "tolerations": [
+                {"key": f"node.kubernetes.io/{t}", "operator": "Exists", "effect": "NoExecute",
+                 "tolerationSeconds": 0} for t in ("unreachable", "not-ready")]}}}}))
+
+        def heal_pods(node: str | None = None) -> list[dict]:
+            pods = server.kjson("get", "pods", "-l", "app=heal")["items"]
+            return [p for p in pods if not p["metadata"].get("deletionTimestamp")
+                    and p["status"].get("phase") == "Running" and (node is None or p["spec"].get("nodeName") == node)]
+        wait_for(lambda: len(heal_pods("agent-1")) == 2 and server.kjson("get", "deployment", "heal")[
+            "status"].get("updatedReplicas") == 2, timeout=60)
+        for n in own:
+            server.kubectl("uncordon", n)
         agent.kill()
         agent.wait(10)
         t0 = time.monotonic()
@@ -130,6 +150,10 @@ def test_agent_joins_and_goes_not_ready_when_stopped(server: Server, tmp_path):
         wait_for(not_ready, timeout=60, interval=0.5)
         assert time.monotonic() - t0 < 60
         assert "NotReady" in server.kubectl("get", "node", "agent-1").stdout
+        # Self-healing: the agent's pods are evicted and replaced on the surviving node.
+        wait_for(lambda: len([p for p in heal_pods() if p["spec"].get("nodeName") != "agent-1"]) == 2,
+                 timeout=60, interval=0.5)
+        server.kubectl("delete", "deployment", "heal")
     finally:
         if agent.poll() is None:
             agent.kill()
