@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_NSEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsexec.py")
 
 
 def _load(path: str) -> dict | None:
@@ -794,13 +795,24 @@ class ProcessRuntime(Runtime):
         return stats
 
     # -- exec and attach ------------------------------------------------------------
-    def _exec_spec(self, container_id: str) -> tuple[list[str], dict[str, str], str | None, list[str]]:
+    def _exec_spec(self, container_id: str, tty: bool = False) -> tuple[list[str], dict[str, str], str | None,
+                                                                        list[str]]:
+        """(command prefix entering the container, env, cwd, cgroup procs files); a prefix, when there
+        is one, also makes the command its terminal's session leader when `tty` is asked."""
         rec = self._container(container_id)
         target = self._running_pid(rec)
         if target is None:
             raise RuntimeServiceError(f"container {rec['id']} is not running", reason="ContainerNotRunning")
         launch = rec["launch"]
         procs = Cgroup.from_json(launch["cgroup"]).procs_files() if launch.get("cgroup") else []
+        if launch.get("private_mounts") and tty:
+            kinds = ["ipc", "uts", "mnt"]
+            if launch.get("pid_mode") != "NODE":
+                kinds.append("pid")
+            if "net" in launch.get("join", []):
+                kinds.append("net")
+            return [self.python, "-I", "-S", _NSEXEC, str(target[0]), ",".join(kinds), "--"], launch["env"], \
+                None, procs
         if launch.get("private_mounts"):
             nsenter = shutil.which("nsenter")
             if nsenter is None:
@@ -817,7 +829,8 @@ class ProcessRuntime(Runtime):
                           tty_fd: int | None = None) -> asyncio.subprocess.Process:
         if not cmd:
             raise RuntimeServiceError("exec needs a command", reason="InvalidArgument")
-        prefix, env, cwd, procs = self._exec_spec(container_id)
+        prefix, env, cwd, procs = self._exec_spec(container_id, tty=tty_fd is not None)
+        take_tty = tty_fd is not None and not prefix
 
         def enter() -> None:
             # Runs in the child before exec: join the container's cgroup so exec'd work is
@@ -825,8 +838,14 @@ class ProcessRuntime(Runtime):
             for path in procs:
                 with open(path, "w") as f:
                     f.write(str(os.getpid()))
-            if tty_fd is not None:
-                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            if take_tty:
+                # uvloop runs this before its own setsid and before the terminal becomes
+                # fds 0-2, so lead a new session here and take the terminal by its own fd.
+                try:
+                    os.setsid()
+                except OSError:
+                    pass  # asyncio's subprocess already made the child a session leader
+                fcntl.ioctl(tty_fd, termios.TIOCSCTTY, 0)
 
         if cwd is not None and not os.path.isdir(cwd):
             cwd = "/"
