@@ -150,6 +150,12 @@ async def main() -> None:
         conn = aiohttp.TCPConnector(ssl=ctx, limit=a.concurrency)
         async with aiohttp.ClientSession(connector=conn) as s:
             base = url + "/api/v1/namespaces/default/pods"
+            # Pods need the namespace's default ServiceAccount, which nobody creates
+            # while the controllers are disabled (as upstream).
+            async with s.post(url + "/api/v1/namespaces/default/serviceaccounts",
+                              json={"metadata": {"name": "default"}}) as r:
+                if r.status not in (201, 409):
+                    raise SystemExit(f"creating the default ServiceAccount failed {r.status}: {await r.text()}")
             bodies = [orjson.dumps(pod(f"p{i:05d}")) for i in range(a.pods)]
 
             async def create(i):

@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kybernetes.api.errors import StatusError  # noqa: E402
 from kybernetes.client import Client  # noqa: E402
 from kybernetes.runtime.hollow import HollowNodes  # noqa: E402
 
@@ -120,11 +121,22 @@ async def count_bound(client: Client, ns: str) -> int:
     return len(lst["items"])
 
 
+async def make_namespace(client: Client, name: str) -> None:
+    """A namespace with its default ServiceAccount: pods need it, and with the
+    controllers disabled nobody else creates it (as upstream)."""
+    await client.resource("v1", "namespaces", False).create({"metadata": {"name": name}})
+    try:
+        await client.resource("v1", "serviceaccounts").create({"metadata": {"name": "default"}}, name)
+    except StatusError as e:
+        if e.code != 409:
+            raise
+
+
 async def bench_scheduler(a: argparse.Namespace) -> None:
     # Baseline: the same creates with no scheduler binding anything.
     base = Server(disable="scheduler,controllers,kubelet")
     client = await base.ready()
-    await client.resource("v1", "namespaces", False).create({"metadata": {"name": "b"}})
+    await make_namespace(client, "b")
     base_s = await create_pods(client, "b", a.pods, "plain")
     await client.close()
     base.stop()
@@ -135,7 +147,7 @@ async def bench_scheduler(a: argparse.Namespace) -> None:
         client = await srv.ready()
         hollow = HollowNodes(client, a.nodes, renew_interval=30.0, pods=max(110, a.pods // a.nodes * 2))
         await hollow.register()
-        await client.resource("v1", "namespaces", False).create({"metadata": {"name": "s"}})
+        await make_namespace(client, "s")
         cpu0 = srv.cpu_seconds()
         t0 = time.perf_counter()
         created = asyncio.create_task(create_pods(client, "s", a.pods, kind))
