@@ -320,7 +320,7 @@ class ReplicaSetController(Controller):
         self.pods.add_index(CONTROLLER_INDEX, controller_uid_index)
         self.pods.add_index(ORPHAN_INDEX, orphan_namespace_index)
         self.replicasets.add_index(CONTROLLER_INDEX, controller_uid_index)
-        self.replicasets.add_handler(on_add=self._rs_changed, on_update=lambda _o, n: self._rs_changed(n),
+        self.replicasets.add_handler(on_add=self._rs_changed, on_update=self._rs_updated,
                                      on_delete=self._rs_changed)
         self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_deleted)
         self._known: dict[str, tuple[str, bool, bool, float | None]] = {}
@@ -329,6 +329,16 @@ class ReplicaSetController(Controller):
 
     def _rs_changed(self, rs: Obj) -> None:
         self.enqueue(key_of(rs))
+
+    def _rs_updated(self, old: Obj, new: Obj) -> None:
+        om, nm = old["metadata"], new["metadata"]
+        if om.get("resourceVersion") != nm.get("resourceVersion") and old.get("spec") == new.get("spec") and \
+                all(om.get(k) == nm.get(k) for k in ("labels", "ownerReferences", "deletionTimestamp", "finalizers")):
+            # Only its status moved (mostly our own writes): no hurry, and no
+            # sync-write-sync loop while thousands of pods change.
+            self.queue.add_after(key_of(new), POD_STATUS_BATCH)
+        else:
+            self.enqueue(key_of(new))
 
     def _owner_key(self, pod: Obj, ref: Obj | None) -> str | None:
         """The key of the ReplicaSet `ref` names, if it is the one in the cache (same uid)."""
