@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -338,8 +337,7 @@ def test_descriptors_from_binary_finds_gzipped_files(tmp_path, pool):
 
 # --- real kubectl ----------------------------------------------------------------------------------
 
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+from tests.kubectl import KUBECTL, needs_kubectl  # noqa: E402
 
 KUBECTL_COMMANDS = [
     ["create", "namespace", "shop"],

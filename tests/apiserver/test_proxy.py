@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -35,7 +34,7 @@ from kybernetes.runtime import (
 
 from .conftest import call, start_api, stop_api
 
-KUBECTL = shutil.which("kubectl")
+from tests.kubectl import KUBECTL  # noqa: E402
 _LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log/?$")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import shutil
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -504,7 +503,7 @@ async def test_progressing_reasons_during_rollout(env) -> None:
 # ---------------------------------------------------------------------- the real kubectl
 
 
-KUBECTL = shutil.which("kubectl")
+from tests.kubectl import KUBECTL  # noqa: E402
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-KUBECTL = shutil.which("kubectl")
+from tests.kubectl import KUBECTL, needs_kubectl  # noqa: F401 - re-exported for the e2e modules
 
 
 def free_port() -> int:
@@ -99,4 +98,3 @@ def wait_for(fn, timeout: float = 20.0, interval: float = 0.05):
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl not installed")
