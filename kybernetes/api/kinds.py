@@ -122,6 +122,8 @@ _k("apps", "v1", "ControllerRevision", "controllerrevisions", has_spec=False)
 # batch/v1
 _k("batch", "v1", "Job", "jobs", categories=_ALL, subresources=("status",))
 _k("batch", "v1", "CronJob", "cronjobs", short_names=("cj",), categories=_ALL, subresources=("status",))
+_k("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", namespaced=False,
+   short_names=("csr",), subresources=("status", "approval"))
 # networking, discovery, coordination
 _k("networking.k8s.io", "v1", "Ingress", "ingresses", short_names=("ing",), subresources=("status",))
 _k("networking.k8s.io", "v1", "IngressClass", "ingressclasses", namespaced=False)
@@ -149,8 +151,8 @@ _k("events.k8s.io", "v1", "Event", "events", short_names=("ev",), has_spec=False
    storage_version="v1")
 
 # Group preference order for discovery, as upstream lists them.
-GROUP_ORDER = ["", "apps", "events.k8s.io", "autoscaling", "batch", "networking.k8s.io", "policy",
-               "rbac.authorization.k8s.io", "storage.k8s.io", "coordination.k8s.io", "discovery.k8s.io",
+GROUP_ORDER = ["", "apps", "events.k8s.io", "autoscaling", "batch", "certificates.k8s.io", "networking.k8s.io",
+               "policy", "rbac.authorization.k8s.io", "storage.k8s.io", "coordination.k8s.io", "discovery.k8s.io",
                "scheduling.k8s.io"]
 # The preferred version of groups serving several.
 PREFERRED_VERSION = {"autoscaling": "v2"}

@@ -27,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from kybernetes.api import certificates as _certificates
 from kybernetes.api.errors import (
     FieldError,
     duplicate,
@@ -192,6 +193,7 @@ NAME_RULES: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io", "ClusterRole"): "path",
     ("rbac.authorization.k8s.io", "RoleBinding"): "path",
     ("rbac.authorization.k8s.io", "ClusterRoleBinding"): "path",
+    ("certificates.k8s.io", "CertificateSigningRequest"): "path",
 }
 
 
@@ -1718,6 +1720,7 @@ VALIDATORS: dict[tuple[str, str], Validator] = {
     ("batch", "CronJob"): _validate_cronjob,
     ("coordination.k8s.io", "Lease"): _validate_lease,
     ("networking.k8s.io", "Ingress"): _validate_ingress,
+    ("certificates.k8s.io", "CertificateSigningRequest"): _certificates.validate,
 }
 
 

@@ -1,31 +1,42 @@
 """The HTTPS front door: aiohttp, TLS, authentication, and streaming of watches.
 
 Authentication is upstream's: an x509 client certificate signed by the
-cluster CA (user = CN, groups = O) or a bearer token, static or a service
-account token (see serviceaccounts.py). Anonymous requests may
-reach only the health and version endpoints. Everything else is handed to
-APIServer.handle as a transport-independent Request.
+cluster CA (user = CN, groups = O) or a bearer token: static, a service
+account token (see serviceaccounts.py) or a bootstrap token (a
+``bootstrap.kubernetes.io/token`` Secret in kube-system, user
+``system:bootstrap:<id>``, groups ``system:bootstrappers`` and its extra
+groups), which new nodes use to ask for their certificates. Anonymous requests
+may reach only the health and version endpoints and the kube-public
+``cluster-info`` ConfigMap (the CA a joining node checks against its pin).
+Everything else is handed to APIServer.handle as a transport-independent Request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import logging
+import re
 import ssl
 import time
 
+import orjson
 from aiohttp import web
 
 from ..api import errors
+from ..api.times import parse_time
 from . import proxy
-from .pki import PKI
+from .pki import PKI, parse_join
 from .request import Request
 from .server import APIServer
 
 log = logging.getLogger("kybernetes.http")
 
 _PUBLIC = ("/healthz", "/livez", "/readyz", "/version")
+# What a joining node reads before it trusts anything (upstream grants anonymous `get` on it alone).
+CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
 
 class TokenAuth:
@@ -42,6 +53,72 @@ class TokenAuth:
             if hmac.compare_digest(t, token):
                 return who
         return None
+
+
+BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"
+BOOTSTRAP_SECRET_PREFIX = "bootstrap-token-"
+BOOTSTRAP_USER_PREFIX = "system:bootstrap:"
+BOOTSTRAPPERS = "system:bootstrappers"
+_EXTRA_GROUP_RE = re.compile(r"^system:bootstrappers:[a-z0-9:-]{0,255}[a-z0-9]$")
+
+
+class BootstrapTokenAuth:
+    """Bootstrap tokens (``<id>.<secret>``) checked against their Secrets in kube-system.
+
+    The Secret must be of type bootstrap.kubernetes.io/token, named
+    bootstrap-token-<id>, not being deleted, not expired, and allow
+    authentication (usage-bootstrap-authentication: "true"). A join string
+    (``K10<ca hash>::<id>.<secret>``) is accepted as its token.
+    """
+
+    def __init__(self, api: APIServer) -> None:
+        self.api = api
+
+    def _secret(self, name: str) -> dict | None:
+        kind = self.api.registry.by_resource("", "v1", "secrets")
+        e = self.api.cache.cache(kind.storage_prefix).objects.get(kind.key("kube-system", name))
+        return orjson.loads(e.raw) if e is not None else None
+
+    async def authenticate(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+        try:
+            _, tid, secret = parse_join(token)
+        except ValueError:
+            return None
+        name = BOOTSTRAP_SECRET_PREFIX + tid
+        obj = self._secret(name)
+        if obj is None:
+            # Maybe created a moment ago: let the cache catch up once before saying no.
+            await self.api.cache.fresh()
+            obj = self._secret(name)
+        if obj is None or (obj.get("metadata") or {}).get("deletionTimestamp") or obj.get("type") != BOOTSTRAP_TOKEN_TYPE:
+            return None
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+
+        def field(key: str) -> str:
+            try:
+                return base64.b64decode(data.get(key) or "", validate=True).decode()
+            except (binascii.Error, ValueError, UnicodeDecodeError):
+                return ""
+        if not hmac.compare_digest(field("token-secret").encode(), secret.encode()) or field("token-id") != tid:
+            return None
+        exp = field("expiration")
+        if exp:
+            t = parse_time(exp)
+            if t is None or t <= time.time():
+                log.debug("bootstrap token %s has expired", tid)
+                return None
+        if field("usage-bootstrap-authentication") != "true":
+            return None
+        groups = [BOOTSTRAPPERS]
+        for g in (x.strip() for x in field("auth-extra-groups").split(",")):
+            if not g:
+                continue
+            if not _EXTRA_GROUP_RE.match(g):
+                log.warning("bootstrap token %s: auth-extra-groups %r is not a system:bootstrappers: group", tid, g)
+                return None
+            if g not in groups:
+                groups.append(g)
+        return BOOTSTRAP_USER_PREFIX + tid, (*groups, "system:authenticated")
 
 
 def _peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
@@ -84,6 +161,8 @@ async def _write_large(request: web.Request, resp) -> web.StreamResponse:
 
 
 def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
+    bootstrap = BootstrapTokenAuth(api)
+
     async def handler(request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         who = _peer_identity(request)
@@ -93,12 +172,15 @@ def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
             who = tokens.lookup(token)
             if who is None and token.count(".") == 2:
                 who = await api.service_accounts.authenticate(token)
+            if who is None and token.count(".") == 1:
+                who = await bootstrap.authenticate(token)
             if who is None:
                 err = errors.unauthorized()
                 return web.Response(status=401, body=err.to_bytes(), content_type="application/json")
         path = request.path
         if who is None:
-            if not (path in _PUBLIC or path.startswith(("/healthz/", "/livez/", "/readyz/"))):
+            if not (path in _PUBLIC or path.startswith(("/healthz/", "/livez/", "/readyz/"))
+                    or (path == CLUSTER_INFO_PATH and request.method == "GET")):
                 err = errors.unauthorized()
                 return web.Response(status=401, body=err.to_bytes(), content_type="application/json")
             who = ("system:anonymous", ("system:unauthenticated",))

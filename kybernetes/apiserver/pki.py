@@ -1,10 +1,18 @@
 """The cluster's PKI: a CA, the API server's serving certificate, admin credentials, kubeconfig,
-and the key pair that signs service account tokens (sa.key, sa.pub).
+the key pair that signs service account tokens (sa.key, sa.pub), and the join string.
 
 Generated on first start into <data-dir>/pki and reused afterwards, so a
 kubeconfig written once keeps working across restarts. Client certificates
 carry the user in CN and groups in O, as upstream's x509 authenticator reads
 them.
+
+Joining a node takes a bootstrap token (upstream's ``[a-z0-9]{6}.[a-z0-9]{16}``,
+kept as a ``bootstrap.kubernetes.io/token`` Secret) and the hash of the CA's
+public key, as kubeadm's ``--discovery-token-ca-cert-hash sha256:<hex>``: the
+hash lets a new node trust the CA it fetches over an unverified connection.
+Both travel in one join string, ``K10<hex>::<id>.<secret>`` (k3s's shape; the
+hex is the SHA-256 of the CA's SubjectPublicKeyInfo, kubeadm's pin), written to
+``<data-dir>/pki/join.token``.
 """
 
 from __future__ import annotations
@@ -12,7 +20,10 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
+import hashlib
+import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +124,7 @@ class PKI:
             _write(self.admin_cert, _cert_pem(cert), 0o644)
         if not self.token_file.exists():
             _write(self.token_file, secrets.token_hex(24).encode())
-        if not self.join_token_file.exists():
-            _write(self.join_token_file, (secrets.token_hex(3) + "." + secrets.token_hex(8)).encode())
+        # join.token is written by the server once the bootstrap token's Secret exists (it needs the store).
         if not self.sa_key.exists():
             # Tokens handed out stay valid across restarts only if the key that signed them does.
             k = _key()
@@ -178,6 +188,14 @@ class PKI:
         cert = self._issue(ca, ca_key, k.public_key(), cn, orgs, server=False)
         return _cert_pem(cert), _key_pem(k)
 
+    def load_ca(self) -> tuple[x509.Certificate, object]:
+        """The CA certificate and its private key."""
+        return (x509.load_pem_x509_certificate(self.ca_cert.read_bytes()),
+                serialization.load_pem_private_key(self.ca_key.read_bytes(), None))
+
+    def ca_cert_hash(self) -> str:
+        return ca_cert_hash(self.ca_cert.read_bytes())
+
     def kubeconfig(self, server_url: str, cluster: str = "kybernetes") -> str:
         def b64(p):
             return base64.b64encode(p.read_bytes()).decode()
@@ -194,3 +212,79 @@ class PKI:
 
     def write_kubeconfig(self, path: Path, server_url: str) -> None:
         _write(path, self.kubeconfig(server_url).encode())
+
+
+# -- bootstrap tokens and the join string ----------------------------------------------
+
+BOOTSTRAP_TOKEN_RE = re.compile(r"^([a-z0-9]{6})\.([a-z0-9]{16})$")
+_JOIN_RE = re.compile(r"^K10([0-9a-f]{64})::([a-z0-9]{6}\.[a-z0-9]{16})$")
+_TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_bootstrap_token() -> str:
+    """A fresh ``<id>.<secret>`` from upstream's alphabet."""
+    def pick(n: int) -> str:
+        return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(n))
+    return f"{pick(6)}.{pick(16)}"
+
+
+def spki_sha256(cert: x509.Certificate) -> str:
+    der = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def ca_cert_hash(ca_pem: bytes) -> str:
+    """kubeadm's CA pin: ``sha256:`` and the hex SHA-256 of the CA's SubjectPublicKeyInfo."""
+    return "sha256:" + spki_sha256(x509.load_pem_x509_certificate(ca_pem))
+
+
+def join_string(ca_hash: str, token: str) -> str:
+    return f"K10{ca_hash.removeprefix('sha256:')}::{token}"
+
+
+def parse_join(value: str) -> tuple[str | None, str, str]:
+    """(CA hash as ``sha256:<hex>`` or None, token id, token secret) of a join string or a bare token.
+
+    ValueError when it is neither.
+    """
+    value = value.strip()
+    ca_hash = None
+    m = _JOIN_RE.match(value)
+    if m:
+        ca_hash, value = "sha256:" + m.group(1), m.group(2)
+    t = BOOTSTRAP_TOKEN_RE.match(value)
+    if not t:
+        raise ValueError("not a join token: expected K10<sha256 hex>::<id>.<secret> or <id>.<secret> "
+                         "with [a-z0-9]{6} and [a-z0-9]{16}")
+    return ca_hash, t.group(1), t.group(2)
+
+
+def hash_matches(ca_pem: bytes, pin: str) -> bool:
+    """Whether the CA's public key is the one ``sha256:<hex>`` names."""
+    algo, _, hexdigest = pin.strip().lower().partition(":")
+    if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexdigest):
+        raise ValueError(f"unsupported CA hash {pin!r}: expected sha256:<64 hex digits>")
+    return hmac.compare_digest(spki_sha256(x509.load_pem_x509_certificate(ca_pem)), hexdigest)
+
+
+def detached_jws(content: str, token_id: str, token_secret: str) -> str:
+    """The bootstrap signer's signature of ``content`` with a token: compact JWS, HS256, payload left out.
+
+    The key is the token secret and ``kid`` the token id, so a node holding the
+    token can tell that whoever published the content knows the token too.
+    """
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    header = b64(b'{"alg":"HS256","kid":"' + token_id.encode() + b'"}')
+    signing_input = f"{header}.{b64(content.encode())}".encode()
+    sig = hmac.new(token_secret.encode(), signing_input, hashlib.sha256).digest()
+    return f"{header}..{b64(sig)}"
+
+
+def cluster_info_kubeconfig(server_url: str, ca_pem: bytes) -> str:
+    """The kubeconfig published in kube-public/cluster-info: the server and its CA, no credentials."""
+    return yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "preferences": {},
+        "clusters": [{"name": "", "cluster": {"server": server_url,
+                                              "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "contexts": None, "current-context": "", "users": None}, sort_keys=True)

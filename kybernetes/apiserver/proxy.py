@@ -98,13 +98,14 @@ class KubeletClient:
 
 
 def client_ssl_context(ca_file: str | Path, cert: str | Path, key: str | Path) -> ssl.SSLContext:
-    """TLS to kubelets: present our certificate; trust only the cluster CA.
+    """TLS to kubelets: present our certificate; trust only the cluster CA, for the address dialled.
 
-    Host names are not checked: a node's address can change while its certificate
-    stays, and a certificate signed by the cluster CA already proves a kubelet.
+    The kubelet's serving certificate must name the address the API server dials
+    (the node's InternalIP, as upstream's --kubelet-certificate-authority checks
+    it): a node's certificate, issued for its own addresses, cannot stand in for
+    another node's kubelet.
     """
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
-    ctx.check_hostname = False
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
 

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import yaml
 
-from ..api import conversion, errors, validation
+from ..api import certificates, conversion, errors, validation
 from ..api import apply as ssa
 from ..api import patch as patchlib
 from ..api.errors import FieldError, StatusError
@@ -248,8 +248,11 @@ class REST:
 
     async def create(self, kind: Kind, ns: str | None, body: Any, query: dict[str, str],
                      warnings: list[str], user: str = "", manager: str = "",
-                     track: bool = True) -> tuple[int, bytes]:
+                     track: bool = True, groups: tuple[str, ...] = ()) -> tuple[int, bytes]:
         obj = self._check_type_meta(kind, body)
+        if kind.group == certificates.GROUP:
+            # Who asks for a certificate comes from authentication, never from the body.
+            certificates.prepare_create(obj, user, groups)
         meta = obj["metadata"]
         if kind.namespaced:
             bns = meta.get("namespace")
@@ -499,7 +502,7 @@ class REST:
 
     async def patch(self, kind: Kind, ns: str | None, name: str, body: bytes, content_type: str,
                     query: dict[str, str], warnings: list[str], subresource: str = "",
-                    user: str = "", manager: str = "") -> tuple[int, bytes]:
+                    user: str = "", manager: str = "", groups: tuple[str, ...] = ()) -> tuple[int, bytes]:
         ct = (content_type or "").split(";")[0].strip()
         if ct not in ("application/json-patch+json", "application/merge-patch+json",
                       "application/strategic-merge-patch+json", "application/apply-patch+yaml",
@@ -509,7 +512,7 @@ class REST:
                               "application/merge-patch+json, application/apply-patch+yaml, "
                               "application/strategic-merge-patch+json")
         if ct == "application/apply-patch+yaml":
-            return await self.apply(kind, ns, name, body, query, warnings, subresource, user)
+            return await self.apply(kind, ns, name, body, query, warnings, subresource, user, groups)
         if query.get("force"):
             raise errors.invalid_object("PatchOptions", "meta.k8s.io", "", [errors.forbidden(
                 "force", "may not be specified for non-apply patch")])
@@ -550,7 +553,7 @@ class REST:
         return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user,
                                              retry=precondition is None, manager=manager)
 
-    async def apply(self, kind, ns, name, body, query, warnings, subresource, user):
+    async def apply(self, kind, ns, name, body, query, warnings, subresource, user, groups=()):
         """Server-side apply: merge the user's configuration and own its fields (kybernetes.api.apply)."""
         manager = query.get("fieldManager")
         if not manager:
@@ -577,7 +580,7 @@ class REST:
             obj = ssa.apply(None, applied, manager=manager, node=node, force=force, now=now_rfc3339(),
                             api_version=kind.api_version)
             try:
-                return await self.create(kind, ns, obj, query, warnings, user, track=False)
+                return await self.create(kind, ns, obj, query, warnings, user, track=False, groups=groups)
             except StatusError as e:
                 if e.reason != "AlreadyExists":
                     raise
@@ -678,7 +681,7 @@ class REST:
         if kind.namespaced:
             nm["namespace"] = cm.get("namespace")
         has_status = "status" in kind.subresources
-        if subresource == "status":
+        if subresource in ("status", "approval"):
             # Status writes change status (and labels/annotations), nothing else.
             out = {k: v for k, v in cur.items() if k != "status"}
             if "status" in new:
@@ -690,7 +693,11 @@ class REST:
                 else:
                     meta.pop(k, None)
             out["metadata"] = meta
+            if kind.group == certificates.GROUP:
+                certificates.prepare_update(out, cur, subresource)
             return out
+        if kind.group == certificates.GROUP and subresource == "":
+            certificates.prepare_update(new, cur, subresource)
         # A binding writes the PodScheduled condition along with spec.nodeName.
         if has_status and subresource != "binding":
             if "status" in cur:

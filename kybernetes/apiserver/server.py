@@ -375,7 +375,8 @@ class APIServer:
                 return await self._list(kind, ns, opts, accept)
             if m == "POST":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.create(kind, ns, body, query, warnings, req.user, manager)
+                code, raw = await self.rest.create(kind, ns, body, query, warnings, req.user, manager,
+                                                   groups=req.groups)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "DELETE":
                 raw = await self.rest.delete_collection(kind, ns, req.body, query, req.user)
@@ -394,22 +395,22 @@ class APIServer:
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "PATCH":
                 code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "", req.user,
-                                                  manager)
+                                                  manager, groups=req.groups)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "DELETE":
                 code, raw = await self.rest.delete(kind, ns, name, req.body, query, req.user)
                 return self._obj_response(code, raw, warnings, kind, accept)
             raise errors.method_not_allowed()
-        if sub == "status":
+        if sub in ("status", "approval"):
             if m == "GET":
                 return self._obj_response(200, await self.rest.get(kind, ns, name), warnings, kind, accept)
             if m == "PUT":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "status", req.user,
+                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, sub, req.user,
                                                    manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "PATCH":
-                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "status",
+                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, sub,
                                                   req.user, manager)
                 return self._obj_response(code, raw, warnings, kind, accept)
             raise errors.method_not_allowed()

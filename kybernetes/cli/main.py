@@ -72,12 +72,13 @@ async def run_server(args: argparse.Namespace) -> int:
     await api.start()
     tokens = TokenAuth()
     tokens.add(pki.token_file.read_text().strip(), "admin", ("system:masters", "system:authenticated"))
-    # Agents join with this token (kyb agent --token); nodes act with node rights.
-    tokens.add(pki.join_token_file.read_text().strip(), "system:node:agent", ("system:nodes", "system:authenticated"))
     runner = await serve(api, tokens, args.bind, args.port, server_ssl_context(pki))
     url = f"https://{host_for_url}:{args.port}" if ":" not in host_for_url else f"https://[{host_for_url}]:{args.port}"
     kubeconfig = data / "kubeconfig"
     pki.write_kubeconfig(kubeconfig, url)
+    # Agents join with a bootstrap token and the CA's hash (kyb agent --token $(cat pki/join.token)).
+    from ..client import Client
+    await publish_join_info(Client.in_process(api.handle), pki, url)
     # kubectl sends built-in objects as protobuf; load the descriptors off the hot path.
     from ..api import protobuf
     warm = asyncio.get_running_loop().run_in_executor(None, protobuf.default_pool)
@@ -89,7 +90,8 @@ async def run_server(args: argparse.Namespace) -> int:
     if "controllers" not in disabled:
         manager = ControllerManager.in_process(api, node_monitor_grace_period=args.node_monitor_grace_period,
                                                root_ca=pki.ca_cert.read_text(),
-                                               storage_dir=str(data / "storage"))
+                                               storage_dir=str(data / "storage"),
+                                               cluster_signing_key=pki.ca_key.read_text())
         await manager.start()
     scheduler = None
     if "scheduler" not in disabled:
@@ -101,10 +103,11 @@ async def run_server(args: argparse.Namespace) -> int:
     if "kubelet" not in disabled:
         # The embedded node, as k3s runs one: a kubelet on the process runtime.
         from ..client import Client
-        node = await start_node(Client.in_process(api.handle), pki, data, args)
+        node = await start_node(Client.in_process(api.handle), data, args, embedded_serving_context(pki, data, args))
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
     log.info("export KUBECONFIG=%s", kubeconfig)
-    log.info("join token in %s", pki.join_token_file)
+    log.info("join a node: kyb agent --server %s --token $(cat %s)", url, pki.join_token_file)
+    log.info("  (K10<CA hash>::<id>.<secret>; or --token <id>.<secret> --ca-cert-hash %s)", pki.ca_cert_hash())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,32 +128,109 @@ async def run_server(args: argparse.Namespace) -> int:
     return 0
 
 
+async def publish_join_info(client, pki, url: str) -> str:
+    """The join token's Secret, the kube-public cluster-info ConfigMap, and pki/join.token; the join string.
+
+    The token is made on first start, without expiry (as k3s's). Deleting its
+    Secret revokes it: the next start makes a new one and rewrites join.token.
+    """
+    from ..api.errors import StatusError
+    from ..apiserver.pki import cluster_info_kubeconfig, join_string, new_bootstrap_token, parse_join
+
+    log = logging.getLogger("kybernetes.server")
+    secrets = client.resource("v1", "secrets")
+    token = None
+    if pki.join_token_file.exists():
+        try:
+            _, tid, secret = parse_join(pki.join_token_file.read_text())
+            token = f"{tid}.{secret}"
+        except ValueError:
+            log.warning("%s holds no join token: making a new one", pki.join_token_file)
+    if token is not None:
+        tid = token.split(".")[0]
+        try:
+            await secrets.get(f"bootstrap-token-{tid}", "kube-system")
+        except StatusError as e:
+            if e.code != 404:
+                raise
+            if pki.join_token_file.read_text().strip().startswith("K10"):
+                log.warning("join token %s was deleted from the cluster: making a new one", tid)
+                token = None
+            else:
+                # A bare token from an older kyb, never stored as a Secret: store it now.
+                await _create_bootstrap_secret(secrets, token)
+    if token is None:
+        token = new_bootstrap_token()
+        await _create_bootstrap_secret(secrets, token)
+    join = join_string(pki.ca_cert_hash(), token)
+    if not pki.join_token_file.exists() or pki.join_token_file.read_text().strip() != join:
+        from ..apiserver.pki import _write
+        _write(pki.join_token_file, join.encode())
+    configmaps = client.resource("v1", "configmaps")
+    content = cluster_info_kubeconfig(url, pki.ca_cert.read_bytes())
+    try:
+        cm = await configmaps.get("cluster-info", "kube-public")
+        if (cm.get("data") or {}).get("kubeconfig") != content:
+            await configmaps.update({**cm, "data": {**(cm.get("data") or {}), "kubeconfig": content}}, "kube-public")
+    except StatusError as e:
+        if e.code != 404:
+            raise
+        await configmaps.create({"apiVersion": "v1", "kind": "ConfigMap",
+                                 "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+                                 "data": {"kubeconfig": content}}, "kube-public")
+    return join
+
+
+async def _create_bootstrap_secret(secrets, token: str) -> None:
+    tid, secret = token.split(".")
+    await secrets.create({
+        "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": f"bootstrap-token-{tid}", "namespace": "kube-system"},
+        "stringData": {"description": "The join token of kyb server (kyb agent --token).",
+                       "token-id": tid, "token-secret": secret,
+                       "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                       "auth-extra-groups": "system:bootstrappers:kyb:default-node-token"}}, "kube-system")
+
+
 class Node:
     """A kubelet, its runtime and its streaming server, started and stopped together."""
 
-    def __init__(self, kubelet, runtime, server, client):
+    def __init__(self, kubelet, runtime, server, client, certs=None):
         self.kubelet, self.runtime, self.server, self.client = kubelet, runtime, server, client
+        self.certs = certs
 
     async def stop(self) -> None:
+        if self.certs is not None:
+            await self.certs.stop()
         await self.kubelet.stop()
         await self.server.stop()
         await self.runtime.close()
         await self.client.close()
 
 
-async def start_node(client, pki, data: Path, args: argparse.Namespace) -> Node:
+def node_name(args: argparse.Namespace) -> str:
     import socket
+    return args.node_name or socket.gethostname().lower()
 
+
+def embedded_serving_context(pki, data: Path, args: argparse.Namespace):
+    """The embedded node's serving certificate, issued directly with the CA beside it."""
+    from ..kubelet.server import ensure_serving_cert, serving_ssl_context
+
+    crt, key = data / "pki" / "kubelet.crt", data / "pki" / "kubelet.key"
+    ensure_serving_cert(pki, crt, key, sorted({args.node_ip, node_name(args), "127.0.0.1", "localhost"}))
+    return serving_ssl_context(pki.ca_cert, crt, key)
+
+
+async def start_node(client, data: Path, args: argparse.Namespace, ssl_context) -> Node:
     from ..kubelet import Kubelet, KubeletConfig
-    from ..kubelet.server import KubeletServer, ensure_serving_cert, serving_ssl_context
+    from ..kubelet.server import KubeletServer
     from ..runtime.process import ProcessRuntime
 
-    name = args.node_name or socket.gethostname().lower()
+    name = node_name(args)
     node_ip = args.node_ip
-    crt, key = data / "pki" / "kubelet.crt", data / "pki" / "kubelet.key"
-    ensure_serving_cert(pki, crt, key, sorted({node_ip, name, "127.0.0.1", "localhost"}))
     # The server learns the kubelet after it knows its port, which the Node object publishes.
-    server = KubeletServer(None, node_ip, args.kubelet_port, serving_ssl_context(pki.ca_cert, crt, key))
+    server = KubeletServer(None, node_ip, args.kubelet_port, ssl_context)
     await server.start()
     runtime = ProcessRuntime(str(data / "runtime"))
     kubelet = Kubelet(client, runtime, KubeletConfig(
@@ -162,29 +242,32 @@ async def start_node(client, pki, data: Path, args: argparse.Namespace) -> Node:
 
 
 async def run_agent(args: argparse.Namespace) -> int:
-    from ..apiserver.pki import PKI
+    """Join a server over HTTPS with a join token (TLS bootstrap, kubelet/bootstrap.py), then run a node."""
     from ..client import Client
     from ..client.transport import HTTPTransport
+    from ..kubelet import bootstrap
 
     log = logging.getLogger("kybernetes.agent")
     data = Path(args.data_dir).expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
-    client = Client(HTTPTransport(args.server, token=args.token, ca_file=args.ca_file or None,
-                                  insecure=not args.ca_file))
+    files = bootstrap.NodeFiles(data)
+    name = node_name(args)
+    ca_file = args.ca_file or None
+    if not ca_file and args.server_data_dir:
+        # An agent beside the server may trust the CA file there instead of a pinned hash.
+        ca_file = str(Path(args.server_data_dir).expanduser() / "pki" / "ca.crt")
     try:
-        await client.request("GET", "/api/v1/namespaces/default")
-    except Exception as e:  # noqa: BLE001 - any failure here means we cannot join
-        await client.close()
+        await bootstrap.bootstrap_client(args.server, args.token, files, name, ca_hash=args.ca_cert_hash or None,
+                                         ca_file=ca_file)
+    except bootstrap.JoinError as e:
         raise SystemExit(f"kyb agent: cannot join {args.server}: {e}") from None
-    # The kubelet's serving certificate comes from the cluster CA; an agent on the
-    # server's machine reads it from the server's data dir (--server-data-dir).
-    pki = PKI(Path(args.server_data_dir).expanduser().resolve() / "pki")
-    if not pki.ca_key.exists():
-        await client.close()
-        raise SystemExit("kyb agent: --server-data-dir must point at the server's data dir (its CA signs the "
-                         "kubelet's serving certificate)")
-    (data / "pki").mkdir(exist_ok=True, mode=0o700)
-    node = await start_node(client, pki, data, args)
+    client_ctx = bootstrap.client_ssl_context(files)
+    client = Client(HTTPTransport(args.server, ssl_context=client_ctx))
+    hosts = sorted({args.node_ip, name})
+    serving_ctx = bootstrap.serving_ssl_context(files, hosts)
+    node = await start_node(client, data, args, serving_ctx)
+    node.certs = bootstrap.CertificateManager(client, files, name, hosts, client_ctx, serving_ctx)
+    node.certs.start()
     log.info("agent: node %s joined %s", node.kubelet.node_name, args.server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -262,10 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--renew-interval", type=float, default=10.0, help="seconds between lease renewals")
     ag = sub.add_parser("agent", help="run a node (kubelet) that joins a server")
     ag.add_argument("--server", required=True, help="https://HOST:PORT of the API server")
-    ag.add_argument("--token", required=True, help="the join token (<server data dir>/pki/join.token)")
+    ag.add_argument("--token", default="",
+                    help="the join string, as in the server's <data-dir>/pki/join.token (K10<CA hash>::<id>.<secret>),"
+                         " or a bootstrap token <id>.<secret> with --ca-cert-hash; not needed once joined")
+    ag.add_argument("--ca-cert-hash", default="", help="sha256:<hex> of the CA's public key, as kubeadm's "
+                    "--discovery-token-ca-cert-hash (in the join string already)")
     ag.add_argument("--name", dest="node_name", default="")
-    ag.add_argument("--ca-file", default="", help="the cluster CA (default: <server data dir>/pki/ca.crt)")
-    ag.add_argument("--server-data-dir", default=str(default_data_dir()))
+    ag.add_argument("--ca-file", default="", help="trust this CA file instead of discovering the CA")
+    ag.add_argument("--server-data-dir", default="",
+                    help="the server's data dir on this machine: trust its pki/ca.crt (instead of a CA hash)")
     ag.add_argument("--data-dir", default=str(default_data_dir() / "agent"))
     ag.add_argument("--node-ip", default="127.0.0.1")
     ag.add_argument("--kubelet-port", type=int, default=10250)
@@ -279,8 +367,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kyb {__version__} (Kubernetes API v1.32)")
         return 0
     if args.cmd == "agent":
-        if not args.ca_file:
-            args.ca_file = str(Path(args.server_data_dir).expanduser() / "pki" / "ca.crt")
         return asyncio.run(run_agent(args))
     if args.cmd == "killall":
         return asyncio.run(run_killall(args))

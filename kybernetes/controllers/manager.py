@@ -13,6 +13,13 @@ import logging
 from ..client import Client
 from ..client.informer import SharedInformers
 from .base import Controller
+from .certificates import (
+    BootstrapSigner,
+    CSRApprovingController,
+    CSRCleaner,
+    CSRSigningController,
+    TokenCleaner,
+)
 from .cronjob import CronJobController
 from .daemonset import DaemonSetController
 from .deployment import DeploymentController
@@ -33,10 +40,12 @@ log = logging.getLogger("kybernetes.controllers")
 class ControllerManager:
     def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]], *,
                  node_monitor_grace_period: float = 40.0, root_ca: str = "",
-                 storage_dir: str | None = None):
+                 storage_dir: str | None = None, cluster_signing_key: str = ""):
         """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage;
         root_ca: the cluster CA (PEM) published to every namespace as kube-root-ca.crt (none if empty);
-        storage_dir: where the local-path provisioner makes volumes (no provisioning if None)."""
+        storage_dir: where the local-path provisioner makes volumes (no provisioning if None);
+        cluster_signing_key: the CA's private key (PEM): with root_ca, it signs approved
+        CertificateSigningRequests (no signing if empty)."""
         self.client = client
         client.shared_informers = SharedInformers()
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
@@ -51,7 +60,12 @@ class ControllerManager:
                                                                       grace_period=node_monitor_grace_period),
                                               ServiceAccountController(client),
                                               PersistentVolumeController(client, storage_dir=storage_dir),
-                                              *([RootCACertPublisher(client, root_ca)] if root_ca else [])]
+                                              *([RootCACertPublisher(client, root_ca)] if root_ca else []),
+                                              CSRApprovingController(client), CSRCleaner(client),
+                                              BootstrapSigner(client), TokenCleaner(client),
+                                              *([CSRSigningController(client, root_ca.encode(),
+                                                                      cluster_signing_key.encode())]
+                                                if root_ca and cluster_signing_key else [])]
 
     @classmethod
     def in_process(cls, api, **options: float | str) -> ControllerManager:

@@ -104,10 +104,11 @@ def test_agent_joins_and_goes_not_ready_when_stopped(server: Server, tmp_path):
     import time
     url = f"https://127.0.0.1:{server.port}"
     token = (server.data_dir / "pki" / "join.token").read_text().strip()
+    # Only the server's URL and the join string (CA pin + bootstrap token): no shared disk.
     base = [sys.executable, "-m", "kybernetes.cli.main", "agent", "--server", url,
-            "--server-data-dir", str(server.data_dir), "--data-dir", str(tmp_path / "agent"),
-            "--kubelet-port", "0", "--name", "agent-1"]
-    bad = subprocess.run(base[:6] + ["--token", "wrong.token"] + base[6:], capture_output=True, text=True,
+            "--data-dir", str(tmp_path / "agent"), "--kubelet-port", "0", "--name", "agent-1"]
+    wrong = token.split("::")[0] + "::abcdef.0123456789abcdef"
+    bad = subprocess.run(base[:6] + ["--token", wrong] + base[6:], capture_output=True, text=True,
                          timeout=60, check=False)
     assert bad.returncode != 0 and "Unauthorized" in bad.stderr, bad.stderr
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - the agent process owns it
