@@ -27,6 +27,10 @@ def test_run_logs_exec_describe_delete(server: Server):
     assert wait_for(lambda: server.kubectl("logs", "hello").stdout == "hi\n")
     assert server.kubectl("logs", "hello", "--tail=1").stdout == "hi\n"
     assert "hi" in server.kubectl("logs", "hello", "--timestamps").stdout
+    assert server.kubectl("logs", "hello", "--since=1h").stdout == "hi\n"
+    # "hi" was written before the pod was Ready; two seconds on it is older than --since=1s.
+    __import__("time").sleep(2)
+    assert server.kubectl("logs", "hello", "--since=1s").stdout == ""
     assert "bin" in server.kubectl("exec", "hello", "--", "ls", "/").stdout.split()
     p = server.kubectl("exec", "hello", "--", "sh", "-c", "exit 3", check=False)
     assert p.returncode == 3
@@ -39,7 +43,8 @@ def test_run_logs_exec_describe_delete(server: Server):
 
 
 def test_crashing_pod_backs_off(server: Server):
-    server.kubectl("run", "crash", "--image=busybox", "--restart=Always", "--command", "--", "sh", "-c", "exit 1")
+    server.kubectl("run", "crash", "--image=busybox", "--restart=Always", "--command", "--", "sh", "-c",
+                   "echo crashed; exit 1")
 
     def backing_off() -> bool:
         st = _pod(server, "crash").get("status") or {}
@@ -50,6 +55,7 @@ def test_crashing_pod_backs_off(server: Server):
     cs = _pod(server, "crash")["status"]["containerStatuses"][0]
     assert cs["lastState"]["terminated"]["exitCode"] == 1
     assert "CrashLoopBackOff" in server.kubectl("get", "pod", "crash").stdout
+    assert server.kubectl("logs", "crash", "--previous").stdout == "crashed\n"
     server.kubectl("delete", "pod", "crash", "--timeout=30s")
 
 
