@@ -268,8 +268,10 @@ class Framework:
             scores = [score(pod, ni, state) for ni in nodes]
             if hasattr(p, "normalize"):
                 p.normalize(scores, state)
-            for i, s in enumerate(scores):
-                totals[i] += s * weight
+            if weight == 1:
+                totals = [t + s for t, s in zip(totals, scores, strict=True)]
+            else:
+                totals = [t + s * weight for t, s in zip(totals, scores, strict=True)]
         return totals
 
     def select_host(self, nodes: list[NodeInfo], totals: list[int]) -> NodeInfo:

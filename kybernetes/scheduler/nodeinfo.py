@@ -16,6 +16,15 @@ holds *assumed* pods: a pod the scheduler has decided to place is added to its
 node at once (so the next cycle sees the capacity gone) and confirmed when the
 informer reports it bound, or forgotten if binding fails.
 
+The Cache also indexes the placed pods for the inter-pod affinity and
+topology-spread plugins, so that they never walk every pod of the cluster:
+pods alike for selector matching (same namespace, labels, terminating or not)
+form one `PodGroup`, and the affinity terms of placed pods alike (same compiled
+term, same role) one `TermGroup`; each knows how many of its pods sit on each
+node. A plugin matches a selector once per group, not once per pod, and then
+adds up the group's per-node counts by topology value. Both indexes are updated
+with the NodeInfos, pod by pod.
+
 Quantities are integers: cpu in millicores, everything else in base units
 (bytes, counts), as upstream's framework.Resource keeps them.
 """
@@ -190,9 +199,14 @@ class NodeSelector:
 
 
 class AffinityTerm:
-    """A PodAffinityTerm compiled against the namespace of the pod that declares it."""
+    """A PodAffinityTerm compiled against the namespace of the pod that declares it.
 
-    __slots__ = ("all_namespaces", "namespace_selector", "namespaces", "selector", "topology_key", "weight")
+    `key` is equal for two terms that match the same pods (the Cache groups
+    the terms of placed pods by it).
+    """
+
+    __slots__ = ("all_namespaces", "key", "namespace_selector", "namespaces", "selector", "topology_key",
+                 "weight")
 
     def __init__(self, term: Obj, own_namespace: str, own_labels: Mapping[str, str], weight: int = 1):
         self.topology_key: str = term.get("topologyKey") or ""
@@ -218,6 +232,12 @@ class AffinityTerm:
                 self.namespace_selector = compiled
         elif not self.namespaces:
             self.namespaces = frozenset((own_namespace,))
+        self.key = (self.topology_key, self.weight, self.all_namespaces, self.namespaces, self.namespace_selector,
+                    self.selector)
+
+    def matches_namespace(self, namespace: str, ns_labels: Callable[[str], Mapping[str, str]]) -> bool:
+        return self.all_namespaces or namespace in self.namespaces or (
+            self.namespace_selector is not None and self.namespace_selector.matches(ns_labels(namespace)))
 
     def matches(self, pod: PodInfo, ns_labels: Callable[[str], Mapping[str, str]]) -> bool:
         if not (self.all_namespaces or pod.namespace in self.namespaces or (
@@ -273,8 +293,8 @@ class PodInfo:
     """A pod parsed once for scheduling; `pod` is the object it was built from."""
 
     __slots__ = (
-        "affinity_terms", "anti_affinity_terms", "cpu", "deleting", "eph", "host_ports", "key", "labels", "mem",
-        "name", "namespace", "node_name", "node_selector", "nominated_node", "nz_cpu", "nz_mem", "pod",
+        "affinity_terms", "anti_affinity_terms", "cpu", "deleting", "eph", "group_key", "host_ports", "key",
+        "labels", "mem", "name", "namespace", "node_name", "node_selector", "nominated_node", "nz_cpu", "nz_mem", "pod",
         "preemption_never", "preferred_affinity", "preferred_anti_affinity", "preferred_node_terms", "priority",
         "required_node_selector", "requests", "scalars", "scheduler_name", "spread_constraints", "start_time",
         "tolerations", "uid",
@@ -291,6 +311,11 @@ class PodInfo:
         self.uid: str = meta.get("uid") or ""
         self.labels: dict[str, str] = meta.get("labels") or {}
         self.deleting = bool(meta.get("deletionTimestamp"))
+        # Pods with equal keys in one namespace match the same selectors (the Cache's PodGroups).
+        try:
+            self.group_key: Any = (self.deleting, frozenset(self.labels.items()))
+        except (TypeError, AttributeError):  # malformed labels: a group of its own
+            self.group_key = ("pod", self.key)
         self.node_name: str = spec.get("nodeName") or ""
         self.scheduler_name: str = spec.get("schedulerName") or "default-scheduler"
         self.nominated_node: str = status.get("nominatedNodeName") or ""
@@ -455,6 +480,54 @@ class NodeInfo:
         return f"NodeInfo({self.name}, pods={len(self.pods)})"
 
 
+# ---------------------------------------------------------------------------- affinity index
+
+# The roles of a placed pod's affinity terms in the Cache's TermGroups.
+REQUIRED_ANTI_AFFINITY = "required-anti-affinity"  # filters: keeps matching pods out of its domain
+REQUIRED_AFFINITY = "required-affinity"            # scores matching pods with the hard pod affinity weight
+PREFERRED_AFFINITY = "preferred-affinity"          # scores matching pods with +weight
+PREFERRED_ANTI_AFFINITY = "preferred-anti-affinity"  # scores matching pods with -weight
+
+
+class PodGroup:
+    """Placed pods of one namespace alike for any selector, and how many of them are on each node."""
+
+    __slots__ = ("deleting", "labels", "namespace", "nodes")
+
+    def __init__(self, pi: PodInfo):
+        self.namespace = pi.namespace
+        self.labels = pi.labels
+        self.deleting = pi.deleting
+        self.nodes: dict[NodeInfo, int] = {}
+
+    def __repr__(self) -> str:
+        return f"PodGroup({self.namespace}, {self.labels}, nodes={len(self.nodes)})"
+
+
+class TermGroup:
+    """Equal affinity terms (same role) of placed pods, and how many such pods are on each node."""
+
+    __slots__ = ("nodes", "role", "term")
+
+    def __init__(self, role: str, term: AffinityTerm):
+        self.role = role
+        self.term = term
+        self.nodes: dict[NodeInfo, int] = {}
+
+    def __repr__(self) -> str:
+        return f"TermGroup({self.role}, {self.term.key}, nodes={len(self.nodes)})"
+
+
+def _count_on(nodes: dict[NodeInfo, int], ni: NodeInfo, delta: int) -> bool:
+    """Adjust the count of ni; True when no node is left."""
+    n = nodes.get(ni, 0) + delta
+    if n > 0:
+        nodes[ni] = n
+    else:
+        nodes.pop(ni, None)
+    return not nodes
+
+
 # ---------------------------------------------------------------------------- Cache
 
 
@@ -482,6 +555,10 @@ class Cache:
         self.namespace_labels: dict[str, dict[str, str]] = {}
         # pods with required anti-affinity anywhere: lets InterPodAffinity skip plain pods cheaply
         self.anti_affinity_pods = 0
+        # The affinity index (see the module docstring); only pods on known nodes are in it.
+        self.pod_groups: dict[str, dict[Any, PodGroup]] = {}   # namespace -> PodInfo.group_key -> group
+        self.anti_affinity_terms: dict[Any, TermGroup] = {}     # placed pods' required anti-affinity
+        self.scoring_terms: dict[Any, TermGroup] = {}           # placed pods' terms that score incoming pods
         self.nominated: dict[str, dict[str, PodInfo]] = {}  # node -> pod key -> pod nominated to run there
         self._nominated_by_pod: dict[str, str] = {}
         # pods whose node is not known yet (pod event before the node's)
@@ -515,15 +592,61 @@ class Cache:
             # The pods may still be deleted later; keep them so their removal balances.
             self._orphans[name] = dict(ni.pods)
         for pi in ni.pods.values():
+            self._index(ni, pi, -1)
             if pi.anti_affinity_terms:
                 self.anti_affinity_pods -= 1
 
     # -- pods
 
     def _add_to(self, ni: NodeInfo, pi: PodInfo) -> None:
+        old = ni.pods.get(pi.key)
+        if old is not None:  # NodeInfo.add_pod replaces it
+            self._index(ni, old, -1)
+            if old.anti_affinity_terms:
+                self.anti_affinity_pods -= 1
         ni.add_pod(pi)
+        self._index(ni, pi, 1)
         if pi.anti_affinity_terms:
             self.anti_affinity_pods += 1
+
+    def _index(self, ni: NodeInfo, pi: PodInfo, delta: int) -> None:
+        """Count pi (delta 1) or stop counting it (-1) on ni in the affinity index."""
+        groups = self.pod_groups.get(pi.namespace)
+        if groups is None:
+            groups = self.pod_groups[pi.namespace] = {}
+        group = groups.get(pi.group_key)
+        if group is None:
+            group = groups[pi.group_key] = PodGroup(pi)
+        if _count_on(group.nodes, ni, delta):
+            del groups[pi.group_key]
+            if not groups:
+                del self.pod_groups[pi.namespace]
+        if not pi.has_affinity:
+            return
+        for term in pi.anti_affinity_terms:
+            self._index_term(self.anti_affinity_terms, REQUIRED_ANTI_AFFINITY, term, ni, delta)
+        for role, terms in ((REQUIRED_AFFINITY, pi.affinity_terms), (PREFERRED_AFFINITY, pi.preferred_affinity),
+                            (PREFERRED_ANTI_AFFINITY, pi.preferred_anti_affinity)):
+            for term in terms:
+                self._index_term(self.scoring_terms, role, term, ni, delta)
+
+    @staticmethod
+    def _index_term(index: dict[Any, TermGroup], role: str, term: AffinityTerm, ni: NodeInfo, delta: int) -> None:
+        key = (role, term.key)
+        group = index.get(key)
+        if group is None:
+            group = index[key] = TermGroup(role, term)
+        if _count_on(group.nodes, ni, delta):
+            del index[key]
+
+    def placed(self, key: str) -> tuple[NodeInfo, PodInfo] | None:
+        """The node and PodInfo of the pod with this key, when it is on a known node."""
+        node_name = self.pod_nodes.get(key)
+        ni = self.nodes.get(node_name) if node_name is not None else None
+        if ni is None:
+            return None
+        pi = ni.pods.get(key)
+        return None if pi is None else (ni, pi)
 
     def _place(self, pi: PodInfo, node_name: str) -> None:
         self.pod_nodes[pi.key] = node_name
@@ -546,8 +669,10 @@ class Cache:
                     del self._orphans[node_name]
             return
         pi = ni.remove_pod(key)
-        if pi is not None and pi.anti_affinity_terms:
-            self.anti_affinity_pods -= 1
+        if pi is not None:
+            self._index(ni, pi, -1)
+            if pi.anti_affinity_terms:
+                self.anti_affinity_pods -= 1
 
     def add_pod(self, pod: Obj) -> None:
         """A pod bound to a node (seen through the informer); confirms it if it was assumed."""
