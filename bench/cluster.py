@@ -43,6 +43,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_RUNNING: list[Server] = []
+
+
 class Server:
     def __init__(self, disable: str = ""):
         self.data = Path(tempfile.mkdtemp())
@@ -54,6 +57,7 @@ class Server:
         self.log = open(self.data / "server.log", "wb")  # noqa: SIM115 - the server process owns it
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log)
         self.peak_rss = 0
+        _RUNNING.append(self)
 
     async def ready(self) -> Client:
         while not (self.data / "kubeconfig").exists():
@@ -82,6 +86,8 @@ class Server:
         return 0.0
 
     def stop(self) -> None:
+        if self in _RUNNING:
+            _RUNNING.remove(self)
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(30)
@@ -231,7 +237,12 @@ def main() -> None:
     w.add_argument("--replicas", type=int, default=3000)
     w.add_argument("--timeout", type=float, default=600)
     a = ap.parse_args()
-    asyncio.run(bench_scheduler(a) if a.what == "scheduler" else bench_workloads(a))
+    try:
+        asyncio.run(bench_scheduler(a) if a.what == "scheduler" else bench_workloads(a))
+    finally:
+        # A failed run must not leave its servers behind.
+        for srv in list(_RUNNING):
+            srv.stop()
 
 
 if __name__ == "__main__":
