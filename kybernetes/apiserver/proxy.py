@@ -15,7 +15,9 @@ O=system:masters), issued from the cluster CA.
   its WebSocket attempt and its SPDY fallback alike), then opens a WebSocket to
   the kubelet with the protocols the client offered, accepts the client's
   WebSocket with the one the kubelet chose, and relays messages both ways,
-  closing each side with the other's close code.
+  closing each side with the other's close code. A SPDY/3.1 upgrade (older
+  kubectl) is negotiated and bridged to the same kubelet WebSockets by
+  spdyproxy.py.
 
 Container defaulting and the errors follow upstream's pod REST: a pod with one
 container needs no ``container`` parameter; otherwise "a container name must be
@@ -42,6 +44,7 @@ from aiohttp import WSMsgType, web
 
 from ..api import errors
 from ..api.errors import StatusError
+from . import spdyproxy
 from .request import Response
 
 if TYPE_CHECKING:
@@ -289,7 +292,10 @@ def upgrade_target(path: str) -> tuple[str, str, str] | None:
 
 
 def _status_response(e: StatusError) -> web.Response:
-    return web.Response(status=e.code, body=e.to_bytes(), content_type="application/json")
+    resp = web.Response(status=e.code, body=e.to_bytes(), content_type="application/json")
+    for k, v in getattr(e, "headers", None) or ():
+        resp.headers.add(k, v)  # e.g. the protocols we accept, after a failed negotiation
+    return resp
 
 
 def _flag(query: Any, name: str) -> bool:
@@ -328,17 +334,30 @@ async def handle_upgrade(api: APIServer, request: web.Request, user: str = "",
         target = await resolve(api, ns, name, container, need_container=sub != "portforward")
         if target.base_url is None:
             raise errors.bad_request(f"pod {name} does not have a host assigned")
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            # kubectl tries WebSockets first and falls back to SPDY only when that fails.
-            raise errors.bad_request("Upgrade request required: this server speaks WebSocket streaming "
-                                     f"protocols only, not {request.headers.get('Upgrade')}")
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        if not websocket and not spdyproxy.is_spdy(request):
+            raise errors.bad_request("Upgrade request required: this server speaks WebSocket and SPDY/3.1 "
+                                     f"streaming protocols, not {request.headers.get('Upgrade')}")
         client = _kubelet_client(api)
         if sub == "portforward":
             url = target.base_url + _path("portForward", ns, name)
         else:
             url = target.base_url + _path(sub, ns, name, target.container)
         log.debug("%s %s/%s by %s -> %s", sub, ns, name, user, url)
-        return await _relay_websocket(request, client, url, _kubelet_query(sub, request.query))
+        params = _kubelet_query(sub, request.query)
+        if websocket:
+            return await _relay_websocket(request, client, url, params)
+        # SPDY (kubectl before 1.30/1.31, or a fallback): negotiated here, bridged to the kubelet's WebSocket.
+        if sub == "portforward":
+            protocol = spdyproxy.negotiate(request, spdyproxy.PORTFORWARD_PROTOCOLS)
+            upstream = await _connect_kubelet(client, url, params, spdyproxy.KUBELET_PORTFORWARD_PROTOCOLS)
+            return await spdyproxy.relay_portforward(request, upstream, protocol)
+        protocol = spdyproxy.negotiate(request, spdyproxy.REMOTECOMMAND_PROTOCOLS)
+        q = request.query
+        return await spdyproxy.relay_remotecommand(
+            request, lambda: _connect_kubelet(client, url, params, spdyproxy.KUBELET_REMOTECOMMAND_PROTOCOLS),
+            protocol, stdin=_flag(q, "stdin"), stdout=_flag(q, "stdout"), stderr=_flag(q, "stderr"),
+            tty=_flag(q, "tty"))
     except StatusError as e:
         return _status_response(e)
 
@@ -348,12 +367,12 @@ def _offered_protocols(request: web.Request) -> tuple[str, ...]:
     return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
-async def _relay_websocket(request: web.Request, client: KubeletClient, url: str,
-                           params: list[tuple[str, str]]) -> web.StreamResponse:
-    offered = _offered_protocols(request)
+async def _connect_kubelet(client: KubeletClient, url: str, params: list[tuple[str, str]],
+                           protocols: tuple[str, ...]) -> aiohttp.ClientWebSocketResponse:
+    """A WebSocket to the kubelet offering ``protocols``; its refusal as a StatusError."""
     try:
-        upstream = await client.session.ws_connect(
-            url, params=params, protocols=offered, ssl=client.ssl_context or False, autoping=True,
+        return await client.session.ws_connect(
+            url, params=params, protocols=protocols, ssl=client.ssl_context or False, autoping=True,
             max_msg_size=0, method="GET")
     except aiohttp.WSServerHandshakeError as e:
         msg = (e.headers or {}).get("X-Kubelet-Error") if e.headers else None
@@ -362,6 +381,11 @@ async def _relay_websocket(request: web.Request, client: KubeletClient, url: str
         raise StatusError(code, reason, msg or f"error upgrading connection to the kubelet: {e.message}") from None
     except (aiohttp.ClientError, OSError) as e:
         raise errors.internal(f"error dialing backend: {e}") from None
+
+
+async def _relay_websocket(request: web.Request, client: KubeletClient, url: str,
+                           params: list[tuple[str, str]]) -> web.StreamResponse:
+    upstream = await _connect_kubelet(client, url, params, _offered_protocols(request))
     try:
         ws = web.WebSocketResponse(protocols=(upstream.protocol,) if upstream.protocol else (), autoping=True,
                                    max_msg_size=0)

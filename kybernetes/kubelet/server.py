@@ -31,9 +31,7 @@ import inspect
 import logging
 import os
 import ssl
-import struct
 import time
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
@@ -44,6 +42,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from kybernetes.runtime.base import ContainerState, Runtime, RuntimeServiceError, StreamHandle
 from kybernetes.kubelet.stats import StatsProvider
 from kybernetes.runtime.logs import LogOptions, parse_timestamp, read_logs
+from kybernetes.streaming import spdy
 
 log = logging.getLogger("kybernetes.kubelet.server")
 
@@ -483,54 +482,15 @@ def serving_ssl_context(ca_file: str | Path, cert_path: str | Path, key_path: st
 # -- port forwarding: SPDY/3.1 tunnelled in a WebSocket ---------------------------------
 #
 # kubectl 1.31+ port-forwards over a WebSocket negotiated as "SPDY/3.1+portforward.k8s.io"
-# whose binary messages carry a raw SPDY/3.1 byte stream (and falls back to plain SPDY).
-# Each forwarded connection is a pair of SPDY streams with the same "requestID" header:
-# "streamType: error" (we write a message there if the port cannot be reached) and
-# "streamType: data" (the bytes). Only what that needs of SPDY is here: SYN_STREAM/
-# SYN_REPLY, DATA with FIN, RST_STREAM, PING and GOAWAY. Go's spdystream does no flow
-# control, so neither do we.
+# whose binary messages carry a raw SPDY/3.1 byte stream; the API server relays older
+# kubectl's plain SPDY connections into the same tunnel. Each forwarded connection is a
+# pair of SPDY streams with the same "requestID" header: "streamType: error" (we write a
+# message there if the port cannot be reached) and "streamType: data" (the bytes). The
+# framing and the session are streaming/spdy.py's.
 
 PORTFORWARD_TUNNEL = "SPDY/3.1+portforward.k8s.io"
-
-_SPDY_VERSION = 3
-_SYN_STREAM, _SYN_REPLY, _RST_STREAM, _PING, _GOAWAY = 1, 2, 3, 6, 7
-_FLAG_FIN = 0x01
-
-
-def _spdy_dictionary() -> bytes:
-    """SPDY/3's zlib dictionary for header blocks (spec section 2.6.10.1), rebuilt from its parts.
-
-    Most of it is length-prefixed header names and values; the rest is raw text.
-    """
-    words = ("options head post put delete trace accept accept-charset accept-encoding accept-language "
-             "accept-ranges age allow authorization cache-control connection content-base content-encoding "
-             "content-language content-length content-location content-md5 content-range content-type date "
-             "etag expect expires from host if-match if-modified-since if-none-match if-range "
-             "if-unmodified-since last-modified location max-forwards pragma proxy-authenticate "
-             "proxy-authorization range referer retry-after server te trailer transfer-encoding upgrade "
-             "user-agent vary via warning www-authenticate method get status").split() + [
-        "200 OK", "version", "HTTP/1.1", "url", "public", "set-cookie", "keep-alive", "origin"]
-    codes = ("100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505"
-             "203 Non-Authoritative Information204 No Content301 Moved Permanently400 Bad Request"
-             "401 Unauthorized403 Forbidden404 Not Found500 Internal Server Error501 Not Implemented"
-             "503 Service Unavailable")
-    rest = ("Jan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 Mon, Tue, Wed, Thu, Fri, Sat, "
-            "Sun, GMTchunked,text/html,image/png,image/jpg,image/gif,application/xml,"
-            "application/xhtml+xml,text/plain,text/javascript,publicprivatemax-age=gzip,deflate,sdch"
-            "charset=utf-8charset=iso-8859-1,utf-,*,enq=0.")
-    head = b"".join(struct.pack(">I", len(w)) + w.encode() for w in words)
-    return head + codes.encode() + rest.encode()
-
-
-SPDY_DICTIONARY = _spdy_dictionary()
-
-
-class _PFStream:
-    def __init__(self, sid: int, headers: dict[str, str]) -> None:
-        self.sid = sid
-        self.headers = headers
-        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self.local_fin = False
+# After the pod closes a forwarded connection, how long the client may still send.
+FORWARD_CLOSE_GRACE = 1.0
 
 
 class _SpdyPortForward:
@@ -539,22 +499,24 @@ class _SpdyPortForward:
     def __init__(self, ws: web.WebSocketResponse, dial) -> None:
         self.ws = ws
         self.dial = dial  # async (port) -> (reader, writer)
-        self.buf = bytearray()
-        self.inflate = zlib.decompressobj(zdict=SPDY_DICTIONARY)
-        self.deflate = zlib.compressobj(zdict=SPDY_DICTIONARY)
-        self.streams: dict[int, _PFStream] = {}
-        self.pairs: dict[str, dict[str, _PFStream]] = {}
+        self.session = spdy.Session(self._send, self._on_stream)
+        self.pairs: dict[str, dict[str, spdy.Stream]] = {}
         self.tasks: set[asyncio.Task] = set()
-        self._send_lock = asyncio.Lock()
 
     async def run(self) -> None:
         try:
             async for msg in self.ws:
                 if msg.type != WSMsgType.BINARY:
                     break
-                self.buf += msg.data
-                await self._frames()
+                try:
+                    await self.session.feed(msg.data)
+                except spdy.ProtocolError as e:
+                    log.debug("port-forward: %s", e)
+                    break
+                if self.session.goaway_received:
+                    await self.ws.close()
         finally:
+            self.session.feed_eof()
             for t in list(self.tasks):
                 t.cancel()
             for t in list(self.tasks):
@@ -562,91 +524,30 @@ class _SpdyPortForward:
                     await t
 
     async def _send(self, frame: bytes) -> None:
-        async with self._send_lock:
-            if not self.ws.closed:
-                with contextlib.suppress(ConnectionError):
-                    await self.ws.send_bytes(frame)
+        if not self.ws.closed:
+            await self.ws.send_bytes(frame)
 
-    def _control(self, ftype: int, flags: int, payload: bytes) -> bytes:
-        return struct.pack(">HHI", 0x8000 | _SPDY_VERSION, ftype, (flags << 24) | len(payload)) + payload
+    def _on_stream(self, st: spdy.Stream) -> None:
+        rid = st.header("requestid", str(st.id))
+        pair = self.pairs.setdefault(rid, {})
+        pair[st.header("streamtype")] = st
+        if "data" in pair and "error" in pair:
+            del self.pairs[rid]
+            t = asyncio.create_task(self._forward(pair["error"], pair["data"]))
+            self.tasks.add(t)
+            t.add_done_callback(self.tasks.discard)
 
-    async def _data(self, st: _PFStream, data: bytes, fin: bool = False) -> None:
-        if st.local_fin:
-            return
-        st.local_fin = fin
-        await self._send(struct.pack(">II", st.sid & 0x7FFFFFFF, ((_FLAG_FIN if fin else 0) << 24) | len(data))
-                         + data)
-
-    async def _frames(self) -> None:
-        while len(self.buf) >= 8:
-            length = int.from_bytes(self.buf[5:8], "big")
-            if len(self.buf) < 8 + length:
-                return
-            head, payload = bytes(self.buf[:8]), bytes(self.buf[8:8 + length])
-            del self.buf[:8 + length]
-            flags = head[4]
-            if head[0] & 0x80:
-                await self._on_control(int.from_bytes(head[2:4], "big"), flags, payload, head)
-            else:
-                st = self.streams.get(int.from_bytes(head[0:4], "big") & 0x7FFFFFFF)
-                if st is not None:
-                    if payload:
-                        st.inbox.put_nowait(payload)
-                    if flags & _FLAG_FIN:
-                        st.inbox.put_nowait(None)
-
-    def _headers(self, block: bytes) -> dict[str, str]:
-        raw = self.inflate.decompress(block)
-        n = struct.unpack(">I", raw[:4])[0]
-        pos, out = 4, {}
-        for _ in range(n):
-            ln = struct.unpack(">I", raw[pos:pos + 4])[0]
-            name = raw[pos + 4:pos + 4 + ln].decode().lower()
-            pos += 4 + ln
-            lv = struct.unpack(">I", raw[pos:pos + 4])[0]
-            out[name] = raw[pos + 4:pos + 4 + lv].split(b"\x00")[0].decode()
-            pos += 4 + lv
-        return out
-
-    async def _on_control(self, ftype: int, flags: int, payload: bytes, head: bytes) -> None:
-        if ftype == _SYN_STREAM:
-            sid = struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF
-            st = _PFStream(sid, self._headers(payload[10:]))
-            self.streams[sid] = st
-            block = self.deflate.compress(struct.pack(">I", 0)) + self.deflate.flush(zlib.Z_SYNC_FLUSH)
-            await self._send(self._control(_SYN_REPLY, 0, struct.pack(">I", sid) + block))
-            if flags & _FLAG_FIN:
-                st.inbox.put_nowait(None)
-            rid = st.headers.get("requestid", str(sid))
-            pair = self.pairs.setdefault(rid, {})
-            pair[st.headers.get("streamtype", "")] = st
-            if "data" in pair and "error" in pair:
-                del self.pairs[rid]
-                t = asyncio.create_task(self._forward(pair["error"], pair["data"]))
-                self.tasks.add(t)
-                t.add_done_callback(self.tasks.discard)
-        elif ftype == _PING:
-            await self._send(head + payload)  # a ping is answered by echoing it
-        elif ftype == _RST_STREAM:
-            st = self.streams.pop(struct.unpack(">I", payload[:4])[0] & 0x7FFFFFFF, None)
-            if st is not None:
-                st.local_fin = True
-                st.inbox.put_nowait(None)
-        elif ftype == _GOAWAY:
-            await self.ws.close()
-        # SETTINGS, WINDOW_UPDATE, HEADERS: nothing to do for port forwarding.
-
-    async def _forward(self, err: _PFStream, data: _PFStream) -> None:
-        port = data.headers.get("port", "")
+    async def _forward(self, err: spdy.Stream, data: spdy.Stream) -> None:
+        port = data.header("port")
         try:
             reader, writer = await self.dial(int(port))
         except (OSError, ValueError) as e:
-            await self._data(err, f"error forwarding port {port} to pod: {e}".encode(), fin=True)
-            await self._data(data, b"", fin=True)
+            await err.write(f"error forwarding port {port} to pod: {e}".encode(), fin=True)
+            await data.close()
             return
 
         async def upstream() -> None:
-            while (chunk := await data.inbox.get()) is not None:
+            while chunk := await data.read():
                 writer.write(chunk)
                 await writer.drain()
             if writer.can_write_eof():
@@ -654,19 +555,22 @@ class _SpdyPortForward:
 
         async def downstream() -> None:
             while chunk := await reader.read(32 * 1024):
-                await self._data(data, chunk)
-            await self._data(data, b"", fin=True)
+                await data.write(chunk)
+            await data.close()
 
         up = asyncio.create_task(upstream())
         try:
             await downstream()
-            await up
+            # The pod is done; as upstream's runtimes do, the client's direction gets a moment to
+            # finish, then both streams end. kubectl up to 1.30 keeps its local connection open
+            # until the error stream ends, so waiting for its FIN could wait forever.
+            await asyncio.wait({up}, timeout=FORWARD_CLOSE_GRACE)
+            if up.done():
+                up.result()
         except (ConnectionError, OSError):
             pass
         finally:
             up.cancel()
             writer.close()
-            await self._data(data, b"", fin=True)
-            await self._data(err, b"", fin=True)
-            self.streams.pop(data.sid, None)
-            self.streams.pop(err.sid, None)
+            await data.close()
+            await err.close()
