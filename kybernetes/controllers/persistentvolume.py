@@ -148,6 +148,9 @@ class PersistentVolumeController(Controller):
                                  on_delete=self._volume_deleted)
         self.classes.add_handler(on_add=lambda _c: self._enqueue_unbound(),
                                  on_update=lambda _o, _n: self._enqueue_unbound())
+        # Pods, for claim protection: a deleting claim is released when no pod uses it.
+        self.pods = self.informer("v1", "pods")
+        self.pods.add_handler(on_update=lambda _o, n: self._pod_changed(n), on_delete=self._pod_changed)
         self.claims_rc = client.resource("v1", "persistentvolumeclaims")
         self.volumes_rc = client.resource("v1", "persistentvolumes", namespaced=False)
         self.classes_rc = client.resource("storage.k8s.io/v1", "storageclasses", namespaced=False)
@@ -167,6 +170,13 @@ class PersistentVolumeController(Controller):
         await super().start()
 
     # ------------------------------------------------------------ event handlers
+
+    def _pod_changed(self, pod: Obj) -> None:
+        ns = _meta(pod).get("namespace") or ""
+        for name in claim_names(pod):
+            claim = self.claims.get_by_name(name, ns)
+            if claim is not None and _meta(claim).get("deletionTimestamp"):
+                self.enqueue(_claim_key(ns, name))
 
     def _claim_event(self, claim: Obj) -> None:
         m = _meta(claim)
@@ -357,13 +367,16 @@ class PersistentVolumeController(Controller):
         if PVC_PROTECTION not in (_meta(claim).get("finalizers") or []):
             return
         m = _meta(claim)
-        pods = (await self.pods_rc.list(m["namespace"]))["items"]
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                continue
-            if m["name"] in claim_names(pod):
-                # Still mounted somewhere: look again shortly (pods are not watched here).
-                raise Requeue(after=self.in_use_recheck)
+
+        def in_use(pods: list[Obj]) -> bool:
+            return any((pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+                       and m["name"] in claim_names(pod) for pod in pods)
+        if in_use(self.pods.list_by_namespace(m["namespace"])):
+            return  # the pod's update or deletion brings the claim back here
+        # The cache may lag a pod that was just created with this claim: ask the
+        # API server before letting the claim go, as upstream's protection does.
+        if in_use((await self.pods_rc.list(m["namespace"]))["items"]):
+            raise Requeue(after=self.in_use_recheck)
         await self._remove_finalizer(self.claims_rc, claim, PVC_PROTECTION)
 
     # ------------------------------------------------------------ binding
