@@ -691,6 +691,11 @@ _PATCH_TYPES = ("application/apply-patch+yaml", "application/json-patch+json",
 _PRODUCES = ("application/json", "application/yaml", "application/vnd.kubernetes.protobuf")
 _SUBRESOURCE_BODY = {"scale": _SCALE}
 _BODYLESS_SUBRESOURCES = frozenset({"log", "exec", "attach", "portforward", "proxy"})
+# Subresources that are only ever created (POST), with their own kind as the body.
+_CREATE_SUBRESOURCES = {"binding": "io.k8s.api.core.v1.Binding", "eviction": "io.k8s.api.policy.v1.Eviction",
+                        "token": "io.k8s.api.authentication.v1.TokenRequest"}
+# Subresources that are only ever replaced (PUT).
+_REPLACE_ONLY_SUBRESOURCES = frozenset({"finalize"})
 
 
 def _camel(text: str) -> str:
@@ -837,7 +842,7 @@ class _OpBuilder:
         for sub in res.subresources:
             if sub in _BODYLESS_SUBRESOURCES:
                 continue
-            sub_def = _SUBRESOURCE_BODY.get(sub, obj)
+            sub_def = _CREATE_SUBRESOURCES.get(sub) or _SUBRESOURCE_BODY.get(sub, obj)
             sub_gvk = gvk
             if sub_def != obj:
                 g = schema.defs[sub_def].get("x-kubernetes-group-version-kind", [gvk])[0]
@@ -855,6 +860,13 @@ class _OpBuilder:
                                  description=f"partially update {sub} of the specified {res.kind}"),
                 "parameters": list(name_params),
             }
+            if sub in _CREATE_SUBRESOURCES:
+                ops = {"post": self.op("post", f"create{opg}{scope}{res.kind}{suffix}", sub_gvk, tag,
+                                       params=_WRITE_PARAMS, body=sub_def, response=sub_def,
+                                       codes=("200", "201", "202"), description=f"create {sub} of a {res.kind}"),
+                       "parameters": list(name_params)}
+            elif sub in _REPLACE_ONLY_SUBRESOURCES:
+                ops = {"put": ops["put"], "parameters": ops["parameters"]}
             paths[f"{ns_base}/{res.plural}/{{name}}/{sub}"] = ops
         return paths
 

@@ -345,3 +345,24 @@ def test_v3_satisfies_kubectl_checks() -> None:
         ref = sub["allOf"][0]["$ref"] if "allOf" in sub else sub["$ref"]
         sch = apps["components"]["schemas"][ref.removeprefix("#/components/schemas/")]
     assert set(sch["properties"]) == {"maxSurge", "maxUnavailable"}
+
+
+def test_openapi_create_only_and_replace_only_subresources():
+    served = SERVED + [ServedResource("", "v1", "ServiceAccount", "serviceaccounts", True, ALL_VERBS, ["token"])]
+    paths = get_schema().openapi_v2(served)["paths"]
+
+    def ops(path: str) -> dict[str, tuple[str, str]]:
+        out = {}
+        for verb, op in paths[path].items():
+            if verb != "parameters":
+                body = [p["schema"]["$ref"] for p in op.get("parameters", []) if p.get("in") == "body"]
+                out[verb] = (op["operationId"], body[0].rsplit("/", 1)[1] if body else "")
+        return out
+    # As upstream: binding and token are POSTs of their own kinds; finalize is a PUT of the Namespace.
+    assert ops("/api/v1/namespaces/{namespace}/pods/{name}/binding") == {
+        "post": ("createCoreV1NamespacedPodBinding", "io.k8s.api.core.v1.Binding")}
+    assert ops("/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token") == {
+        "post": ("createCoreV1NamespacedServiceAccountToken", "io.k8s.api.authentication.v1.TokenRequest")}
+    assert ops("/api/v1/namespaces/{name}/finalize") == {
+        "put": ("replaceCoreV1NamespaceFinalize", "io.k8s.api.core.v1.Namespace")}
+    assert set(ops("/api/v1/namespaces/{namespace}/pods/{name}/status")) == {"get", "put", "patch"}
