@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from kybernetes.runtime.base import ContainerState, Runtime, RuntimeServiceError, StreamHandle
 from kybernetes.kubelet.stats import StatsProvider
@@ -50,6 +50,8 @@ log = logging.getLogger("kybernetes.kubelet.server")
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
 PROTOCOLS = (V5, V4)
+# How long an exec or attach with a terminal waits for the client's first resize.
+FIRST_RESIZE_WAIT = 0.5
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 
@@ -368,7 +370,34 @@ class _Session:
                 with contextlib.suppress(ConnectionError):
                     await self.ws.send_bytes(bytes((channel,)) + data)
 
+    async def _receive(self, inbox: asyncio.Queue[WSMessage | None], got: asyncio.Event) -> None:
+        try:
+            async for msg in self.ws:
+                inbox.put_nowait(msg)
+                got.set()
+        finally:
+            inbox.put_nowait(None)
+            got.set()
+
     async def run(self) -> None:
+        inbox: asyncio.Queue[WSMessage | None] = asyncio.Queue()
+        got = asyncio.Event()
+        receiver = asyncio.create_task(self._receive(inbox, got))
+        try:
+            if self.tty:
+                # With a terminal, kubectl's first message is the terminal's size: wait a moment
+                # for it, so the command starts with the right size rather than learning it later.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(got.wait(), FIRST_RESIZE_WAIT)
+            await self._run(inbox)
+        finally:
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver
+            if not self.ws.closed:
+                await self.ws.close()
+
+    async def _run(self, inbox: asyncio.Queue[WSMessage | None]) -> None:
         try:
             if self.cmd is not None:
                 handle = await self.runtime.exec(self.cid, self.cmd, tty=self.tty, stdin=self.stdin)
@@ -377,9 +406,8 @@ class _Session:
         except (RuntimeServiceError, OSError) as e:
             what = "executing command in container" if self.cmd is not None else "attaching to container"
             await self._send(ERROR, status(500, "InternalError", f"error {what}: {e}"))
-            await self.ws.close()
             return
-        reader = asyncio.create_task(self._read_client(handle))
+        reader = asyncio.create_task(self._read_client(handle, inbox))
         try:
             pumps = [self._pump(handle.stdout, STDOUT if self.stdout else None)]
             if handle.stderr is not None:
@@ -399,8 +427,6 @@ class _Session:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             await handle.close()
-            if not self.ws.closed:
-                await self.ws.close()
 
     async def _pump(self, src: asyncio.StreamReader, channel: int | None) -> None:
         while True:
@@ -410,17 +436,22 @@ class _Session:
             if channel is not None:  # a stream the client did not ask for is drained and dropped
                 await self._send(channel, data)
 
-    async def _read_client(self, handle: StreamHandle) -> None:
-        async for msg in self.ws:
-            if msg.type == WSMsgType.TEXT:
-                # The base64 text protocols are not offered; treat a text frame as raw bytes.
-                data = msg.data.encode()
-            elif msg.type == WSMsgType.BINARY:
-                data = msg.data
-            else:
+    async def _read_client(self, handle: StreamHandle, inbox: asyncio.Queue[WSMessage | None]) -> None:
+        while (msg := await inbox.get()) is not None:
+            if not await self._handle(handle, msg):
                 break
-            if not data:
-                continue
+        # The client closed its side (or dropped): nothing more to read.
+
+    async def _handle(self, handle: StreamHandle, msg: WSMessage) -> bool:
+        """Act on one client message; False when it ends the client's side."""
+        if msg.type == WSMsgType.TEXT:
+            # The base64 text protocols are not offered; treat a text frame as raw bytes.
+            data = msg.data.encode()
+        elif msg.type == WSMsgType.BINARY:
+            data = msg.data
+        else:
+            return False
+        if data:
             channel, payload = data[0], data[1:]
             if channel == STDIN and self.stdin:
                 if payload:
@@ -433,7 +464,7 @@ class _Session:
                     log.debug("ignoring a bad resize message %r", payload)
             elif channel == CLOSE and self.v5 and payload[:1] == bytes((STDIN,)) and self.stdin:
                 await handle.close_stdin()
-        # The client closed its side (or dropped): nothing more to read.
+        return True
 
 
 # -- certificates --------------------------------------------------------------

@@ -130,6 +130,14 @@ def test_exec_it_shell_in_a_terminal(server: Server):
         t.expect(r"command terminated with exit code 3", timeout=5)
     finally:
         t.close()
+    # A command that asks for its terminal's size as it starts already sees kubectl's.
+    for _ in range(3):
+        t = Terminal([KUBECTL, "exec", "-it", "term", "--", "stty", "size"], env, rows=33, cols=101)
+        try:
+            assert t.proc.wait(30) == 0
+            t.expect(r"33 101\r\n", timeout=5)
+        finally:
+            t.close()
     server.kubectl("delete", "pod", "term", "--timeout=30s")
 
 
