@@ -12,6 +12,13 @@ bound to, exist with the uids it names: deleting a pod revokes the tokens its
 kubelet was handed. The small JWS encoder/verifier lives here (the format is
 a few lines over ``cryptography``'s signatures).
 
+Long-lived tokens kept in ``kubernetes.io/service-account-token`` Secrets
+(filled in by the token controller) are upstream's legacy tokens: issuer
+"kubernetes/serviceaccount", no audience and no expiry, flat
+"kubernetes.io/serviceaccount/..." claims naming the account and the Secret.
+One is valid only while that Secret holds exactly it and the account exists
+with the uid it names.
+
 Also here: the authentication.k8s.io group's TokenReview, and the issuer's
 OpenID discovery documents (/.well-known/openid-configuration, /openid/v1/jwks).
 """
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import time
 import uuid
 from pathlib import Path
@@ -49,6 +57,8 @@ DELETION_GRACE = 60.0
 # Tolerated clock skew for nbf (exp is strict: an expired token is refused).
 NBF_LEEWAY = 60.0
 SA_PREFIX = "system:serviceaccount:"
+LEGACY_ISSUER = "kubernetes/serviceaccount"
+_LEGACY = "kubernetes.io/serviceaccount/"
 
 
 class InvalidToken(Exception):
@@ -155,6 +165,23 @@ def _audiences(value: Any) -> list[str]:
     if isinstance(value, list):
         return [a for a in value if isinstance(a, str)]
     return []
+
+
+def legacy_claims(ns: str, sa_name: str, sa_uid: str, secret_name: str) -> dict[str, Any]:
+    """The claims of a long-lived token kept in Secret NS/secret_name (no aud, no exp, as upstream)."""
+    return {"iss": LEGACY_ISSUER, f"{_LEGACY}namespace": ns, f"{_LEGACY}secret.name": secret_name,
+            f"{_LEGACY}service-account.name": sa_name, f"{_LEGACY}service-account.uid": sa_uid,
+            "sub": f"{SA_PREFIX}{ns}:{sa_name}"}
+
+
+def _identity(claims: dict[str, Any]) -> tuple[str, str, str]:
+    """(namespace, service account name, its uid) a validated token names, bound or legacy."""
+    if claims.get("iss") == LEGACY_ISSUER:
+        return (claims.get(f"{_LEGACY}namespace") or "", claims.get(f"{_LEGACY}service-account.name") or "",
+                claims.get(f"{_LEGACY}service-account.uid") or "")
+    private = claims.get("kubernetes.io") or {}
+    sa = private.get("serviceaccount") or {}
+    return private.get("namespace", ""), sa.get("name", ""), sa.get("uid", "")
 
 
 # --------------------------------------------------------------------- the service
@@ -282,6 +309,9 @@ class ServiceAccountTokens:
     async def validate(self, token: str) -> dict[str, Any]:
         """The claims of a currently valid token of ours; InvalidToken otherwise."""
         claims = self.signer.verify(token)
+        if claims.get("iss") == LEGACY_ISSUER:
+            await self._validate_legacy(token, claims)
+            return claims
         if claims.get("iss") != self.issuer:
             raise InvalidToken("token issued by someone else")
         now = time.time()
@@ -317,6 +347,26 @@ class ServiceAccountTokens:
                 raise InvalidToken("service account token has been invalidated")
         return claims
 
+    async def _validate_legacy(self, token: str, claims: dict[str, Any]) -> None:
+        ns, sa_name, sa_uid = _identity(claims)
+        secret_name = claims.get(f"{_LEGACY}secret.name") or ""
+        if not all(isinstance(v, str) and v for v in (ns, sa_name, sa_uid, secret_name)) \
+                or claims.get("sub") != f"{SA_PREFIX}{ns}:{sa_name}":
+            raise InvalidToken("token names no service account")
+        secret = await self._cached("secrets", ns, secret_name)
+        if secret is None or secret["metadata"].get("deletionTimestamp"):
+            raise InvalidToken(f"secret {ns}/{secret_name} has been deleted")
+        try:
+            stored = base64.b64decode((secret.get("data") or {}).get("token") or "")
+        except ValueError:
+            stored = b""
+        # Deleting the Secret, or putting another token in it, revokes this one.
+        if not hmac.compare_digest(stored, token.encode()):
+            raise InvalidToken(f"token does not match the one in secret {ns}/{secret_name}")
+        sa = await self._cached("serviceaccounts", ns, sa_name)
+        if sa is None or sa["metadata"].get("uid") != sa_uid or sa["metadata"].get("deletionTimestamp"):
+            raise InvalidToken("service account token has been invalidated")
+
     async def authenticate(self, token: str) -> tuple[str, tuple[str, ...]] | None:
         """(user, groups) for a valid service account token, else None."""
         try:
@@ -338,7 +388,8 @@ class ServiceAccountTokens:
         status: dict[str, Any] = {"user": {}}
         try:
             claims = await self.validate(token)
-            token_auds = _audiences(claims.get("aud"))
+            # A legacy token has no audience: it is meant for this API server alone (as upstream).
+            token_auds = _audiences(claims.get("aud")) or list(self.audiences)
             if wanted and not set(wanted) & set(token_auds):
                 raise InvalidToken("token audiences do not match the requested audiences")
             user, groups = user_of(claims)
@@ -352,7 +403,7 @@ class ServiceAccountTokens:
             if isinstance(private.get("node"), dict):
                 extra["authentication.kubernetes.io/node-name"] = [private["node"].get("name", "")]
                 extra["authentication.kubernetes.io/node-uid"] = [private["node"].get("uid", "")]
-            u: dict[str, Any] = {"username": user, "uid": (private.get("serviceaccount") or {}).get("uid", ""),
+            u: dict[str, Any] = {"username": user, "uid": _identity(claims)[2],
                                  "groups": list(groups)}
             if extra:
                 u["extra"] = extra
@@ -379,9 +430,7 @@ class ServiceAccountTokens:
 
 
 def user_of(claims: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-    private = claims.get("kubernetes.io") or {}
-    ns = private.get("namespace", "")
-    name = (private.get("serviceaccount") or {}).get("name", "")
+    ns, name, _uid = _identity(claims)
     return (f"{SA_PREFIX}{ns}:{name}",
             ("system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"))
 

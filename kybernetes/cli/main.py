@@ -91,7 +91,8 @@ async def run_server(args: argparse.Namespace) -> int:
         manager = ControllerManager.in_process(api, node_monitor_grace_period=args.node_monitor_grace_period,
                                                root_ca=pki.ca_cert.read_text(),
                                                storage_dir=str(data / "storage"),
-                                               cluster_signing_key=pki.ca_key.read_text())
+                                               cluster_signing_key=pki.ca_key.read_text(),
+                                               service_account_key=pki.sa_key.read_text())
         await manager.start()
     scheduler = None
     if "scheduler" not in disabled:

@@ -31,7 +31,7 @@ from .namespace import NamespaceController
 from .nodelifecycle import NodeLifecycleController
 from .persistentvolume import PersistentVolumeController
 from .replicaset import ReplicaSetController
-from .serviceaccount import RootCACertPublisher, ServiceAccountController
+from .serviceaccount import RootCACertPublisher, ServiceAccountController, TokensController
 from .statefulset import StatefulSetController
 
 log = logging.getLogger("kybernetes.controllers")
@@ -40,12 +40,15 @@ log = logging.getLogger("kybernetes.controllers")
 class ControllerManager:
     def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]], *,
                  node_monitor_grace_period: float = 40.0, root_ca: str = "",
-                 storage_dir: str | None = None, cluster_signing_key: str = ""):
+                 storage_dir: str | None = None, cluster_signing_key: str = "",
+                 service_account_key: str = ""):
         """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage;
         root_ca: the cluster CA (PEM) published to every namespace as kube-root-ca.crt (none if empty);
         storage_dir: where the local-path provisioner makes volumes (no provisioning if None);
         cluster_signing_key: the CA's private key (PEM): with root_ca, it signs approved
-        CertificateSigningRequests (no signing if empty)."""
+        CertificateSigningRequests (no signing if empty);
+        service_account_key: the API server's service-account signing key (PEM): it signs the
+        long-lived tokens of kubernetes.io/service-account-token Secrets (none filled in if empty)."""
         self.client = client
         client.shared_informers = SharedInformers()
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
@@ -61,6 +64,8 @@ class ControllerManager:
                                               ServiceAccountController(client),
                                               PersistentVolumeController(client, storage_dir=storage_dir),
                                               *([RootCACertPublisher(client, root_ca)] if root_ca else []),
+                                              *([TokensController(client, service_account_key.encode(), root_ca)]
+                                                if service_account_key else []),
                                               CSRApprovingController(client), CSRCleaner(client),
                                               BootstrapSigner(client), TokenCleaner(client),
                                               *([CSRSigningController(client, root_ca.encode(),

@@ -3,6 +3,8 @@ admission plugin, and the controllers that give each namespace its default accou
 
 from __future__ import annotations
 
+import base64
+import ssl
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,12 +17,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kybernetes.apiserver.admission import SA_TOKEN_MOUNT_PATH
-from kybernetes.apiserver.http import TokenAuth, serve
+from kybernetes.apiserver.http import TokenAuth, serve, server_ssl_context
 from kybernetes.apiserver.pki import PKI
 from kybernetes.apiserver.server import APIServer
-from kybernetes.apiserver.serviceaccounts import ISSUER, InvalidToken, Signer, b64url_decode
+from kybernetes.apiserver.serviceaccounts import ISSUER, InvalidToken, Signer, b64url_decode, legacy_claims
 from kybernetes.client import Client
-from kybernetes.controllers.serviceaccount import RootCACertPublisher, ServiceAccountController
+from kybernetes.controllers.serviceaccount import RootCACertPublisher, ServiceAccountController, TokensController
 
 from .conftest import call, eventually, start_api, stop_api
 
@@ -318,3 +320,117 @@ async def _exists(rc, name: str, ns: str, not_uid: str = "") -> dict | None:
 async def _cm_is(rc, ns: str, data: dict) -> bool:
     obj = await _exists(rc, "kube-root-ca.crt", ns)
     return obj is not None and obj.get("data") == data
+
+
+# --------------------------------------------------------------------- long-lived token Secrets
+
+
+@pytest.fixture
+async def https_api(tmp_path: Path) -> AsyncIterator[tuple[APIServer, str, ssl.SSLContext, PKI]]:
+    """An API server over HTTPS with the data dir's PKI, and the token controller signing with its key."""
+    pki = PKI(tmp_path / "pki")
+    pki.ensure(["127.0.0.1"])
+    api = await start_api(tmp_path, service_account_key=pki.sa_key.read_bytes())
+    runner = await serve(api, TokenAuth(), "127.0.0.1", 0, server_ssl_context(pki))
+    client = Client.in_process(api.handle)
+    ctrl = TokensController(client, pki.sa_key.read_bytes(), pki.ca_cert.read_text())
+    await ctrl.start()
+    try:
+        yield api, f"https://127.0.0.1:{runner.addresses[0][1]}", ssl.create_default_context(
+            cafile=str(pki.ca_cert)), pki
+    finally:
+        await ctrl.stop()
+        await client.close()
+        await runner.cleanup()
+        await stop_api(api)
+
+
+def _token_secret(name: str, sa: str) -> dict:
+    return {"metadata": {"name": name, "annotations": {"kubernetes.io/service-account.name": sa}},
+            "type": "kubernetes.io/service-account-token"}
+
+
+async def _secret(api: APIServer, name: str, ns: str = "default") -> dict | None:
+    code, obj = await call(api, "GET", f"/api/v1/namespaces/{ns}/secrets/{name}")
+    return obj if code == 200 else None
+
+
+async def _filled(api: APIServer, name: str) -> dict | None:
+    obj = await _secret(api, name)
+    return obj if obj is not None and (obj.get("data") or {}).get("token") else None
+
+
+async def _https_get(url: str, ctx: ssl.SSLContext, token: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(f"{url}/api/v1/namespaces/default/pods", ssl=ctx,
+                                                   headers={"Authorization": f"Bearer {token}"}) as r:
+        return r.status
+
+
+async def test_token_secret_filled_and_authenticates(https_api) -> None:
+    api, url, ctx, pki = https_api
+    # A Secret made before its account is left alone until the account exists.
+    code, _ = await call(api, "POST", "/api/v1/namespaces/default/secrets", _token_secret("build-robot-secret",
+                                                                                             "build-robot"))
+    assert code == 201
+    sa = await make_sa(api, "build-robot")
+    secret = await eventually(lambda: _filled(api, "build-robot-secret"), what="token filled in")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert data["ca.crt"] == pki.ca_cert.read_text() and data["namespace"] == "default"
+    uid = sa["metadata"]["uid"]
+    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.uid"] == uid
+    token = data["token"]
+    assert claims_of(token) == {
+        "iss": "kubernetes/serviceaccount", "sub": "system:serviceaccount:default:build-robot",
+        "kubernetes.io/serviceaccount/namespace": "default",
+        "kubernetes.io/serviceaccount/secret.name": "build-robot-secret",
+        "kubernetes.io/serviceaccount/service-account.name": "build-robot",
+        "kubernetes.io/serviceaccount/service-account.uid": uid}
+    assert await _https_get(url, ctx, token) == 200
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{url}/apis/authentication.k8s.io/v1/selfsubjectreviews", ssl=ctx,
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+            headers={"Authorization": f"Bearer {token}"}) as r:
+        who = (await r.json())["status"]["userInfo"]
+    assert who["username"] == "system:serviceaccount:default:build-robot"
+    assert set(who["groups"]) == {"system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"}
+    code, review = await call(api, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", {"spec": {"token": token}})
+    assert review["status"]["authenticated"] is True and review["status"]["user"]["uid"] == uid
+    assert review["status"]["audiences"] == [ISSUER]
+
+    # Forged: the same claims signed with another key; and a legacy token for a Secret holding another one.
+    assert await _https_get(url, ctx, Signer().sign(claims_of(token))) == 401
+    other = api.service_accounts.signer.sign(legacy_claims("default", "build-robot", uid, "build-robot-secret")
+                                             | {"jti": "x"})
+    assert await _https_get(url, ctx, other) == 401
+    # Deleting the Secret revokes its token.
+    await call(api, "DELETE", "/api/v1/namespaces/default/secrets/build-robot-secret")
+    assert await _https_get(url, ctx, token) == 401
+    code, review = await call(api, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", {"spec": {"token": token}})
+    assert not review["status"].get("authenticated") and review["status"]["error"]
+
+
+async def test_token_secret_dies_with_service_account(https_api) -> None:
+    api, url, ctx, _pki = https_api
+    await make_sa(api, "build-robot")
+    for name in ("robot-a", "robot-b"):
+        await call(api, "POST", "/api/v1/namespaces/default/secrets", _token_secret(name, "build-robot"))
+    a = await eventually(lambda: _filled(api, "robot-a"), what="token a")
+    await eventually(lambda: _filled(api, "robot-b"), what="token b")
+    # An unrelated token Secret whose account never existed stays as it is.
+    await call(api, "POST", "/api/v1/namespaces/default/secrets", _token_secret("orphan", "nobody"))
+    token = base64.b64decode(a["data"]["token"]).decode()
+    assert await _https_get(url, ctx, token) == 200
+    await call(api, "DELETE", "/api/v1/namespaces/default/serviceaccounts/build-robot")
+    # Refused at once, before the controller has cleaned up.
+    assert await _https_get(url, ctx, token) == 401
+    for name in ("robot-a", "robot-b"):
+        await eventually(lambda name=name: _gone(api, name), what=f"{name} deleted")
+    # A new account of the same name does not revive the old token.
+    await make_sa(api, "build-robot")
+    assert await _https_get(url, ctx, token) == 401
+    orphan = await _secret(api, "orphan")
+    assert orphan is not None and not orphan.get("data")
+
+
+async def _gone(api: APIServer, name: str) -> bool:
+    return await _secret(api, name) is None

@@ -76,3 +76,41 @@ def test_pod_sees_service_account_files(server) -> None:
     p = _as_token(server, token, "get", "pod", "reader", "-n", "sa-pod", "-o", "name")
     assert p.returncode == 0 and p.stdout.strip() == "pod/reader", p.stderr
     server.kubectl("delete", "pod", "reader", "-n", "sa-pod", "--grace-period", "0", "--force", check=False)
+
+
+BUILD_ROBOT_SECRET = """\
+apiVersion: v1
+kind: Secret
+metadata:
+  name: build-robot-secret
+  annotations:
+    kubernetes.io/service-account.name: build-robot
+type: kubernetes.io/service-account-token
+"""
+
+
+def test_long_lived_token_secret(server) -> None:
+    """The docs' "Manually create a long-lived API token for a ServiceAccount", step by step."""
+    server.kubectl("create", "namespace", "sa-secret")
+    server.kubectl("create", "serviceaccount", "build-robot", "-n", "sa-secret")
+    server.kubectl("apply", "-n", "sa-secret", "-f", "-", input=BUILD_ROBOT_SECRET)
+    encoded = wait_for(lambda: server.kubectl("get", "secret", "build-robot-secret", "-n", "sa-secret", "-o",
+                                              "jsonpath={.data.token}", check=False).stdout.strip())
+    token = base64.b64decode(encoded).decode()
+    c = _claims(token)
+    assert c["iss"] == "kubernetes/serviceaccount" and "exp" not in c
+    assert c["sub"] == "system:serviceaccount:sa-secret:build-robot"
+    described = server.kubectl("describe", "secrets/build-robot-secret", "-n", "sa-secret").stdout
+    assert "kubernetes.io/service-account-token" in described
+    assert f"token:      {token}" in described and "ca.crt:" in described and "namespace:  9 bytes" in described
+    who = _as_token(server, token, "auth", "whoami", "-o", "json")
+    assert who.returncode == 0, who.stderr
+    assert json.loads(who.stdout)["status"]["userInfo"]["username"] == "system:serviceaccount:sa-secret:build-robot"
+    p = _as_token(server, token, "get", "pods", "-n", "sa-secret")
+    assert p.returncode == 0, p.stderr
+    # Deleting the account deletes its token Secret and revokes the token.
+    server.kubectl("delete", "sa", "build-robot", "-n", "sa-secret")
+    gone = _as_token(server, token, "get", "pods", "-n", "sa-secret")
+    assert gone.returncode != 0 and "Unauthorized" in gone.stderr
+    wait_for(lambda: server.kubectl("get", "secret", "build-robot-secret", "-n", "sa-secret",
+                                    check=False).returncode != 0)
