@@ -129,3 +129,22 @@ def test_kubectl_version_exec_and_port_forward(server: Server, web_pod: tuple[st
         pf.terminate()
         _, err = pf.communicate(timeout=30)
     assert b"error" not in err.lower(), err
+
+    # attach streams the running container's output: the server logs each request to stderr.
+    at = subprocess.Popen([str(binary), "attach", pod], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        seen = b""
+        while b"GET /attached-" + binary.name.encode() not in seen and time.monotonic() < deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            try:
+                conn.request("GET", "/attached-" + binary.name)
+                conn.getresponse().read()
+            finally:
+                conn.close()
+            if select.select([at.stderr.fileno()], [], [], 0.5)[0]:
+                seen += os.read(at.stderr.fileno(), 65536)
+        assert b"GET /attached-" + binary.name.encode() in seen, seen
+    finally:
+        at.terminate()
+        at.communicate(timeout=30)
