@@ -27,6 +27,7 @@ from ..api.schema import ServedResource, get_schema
 from ..api.selectors import field_set
 from ..storage.base import Compactor, Store
 from . import eviction, proxy, tables
+from . import authorization as authz_api
 from . import serviceaccounts as sa_api
 from .metrics import Metrics
 from . import metrics as metrics_api
@@ -65,6 +66,8 @@ class APIServer:
         self.advertise = advertise
         self.cache = WatchCache(store, window=watch_cache_window, fields_for=self._fields_for)
         self.admission = Admission(self.cache, service_cidr, service_accounts=service_account_admission)
+        # Who may do what: nothing is restricted yet (see authorization.py).
+        self.authorizer: authz_api.Authorizer = authz_api.AlwaysAllow()
         self.service_accounts = sa_api.ServiceAccountTokens(store, self.cache, self.registry,
                                                             key_pem=service_account_key)
         self.rest = REST(store, self.cache, self.registry, self.admission, bookmark_interval=bookmark_interval)
@@ -165,6 +168,8 @@ class APIServer:
             group = segs[0]
             if group == sa_api.GROUP:
                 return await self._authentication(req, segs[1:])
+            if group == authz_api.GROUP:
+                return await self._authorization(req, segs[1:])
             if group == metrics_api.GROUP:
                 if len(segs) == 1:
                     return self._json({"kind": "APIGroup", "apiVersion": "v1", **metrics_api.group_entry()})
@@ -245,6 +250,7 @@ class APIServer:
     def _api_groups(self) -> dict:
         groups = [self._group(g) for g in self.registry.groups() if g]
         groups.append(sa_api.group_entry())
+        groups.append(authz_api.group_entry())
         groups.append(metrics_api.group_entry())
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
@@ -456,6 +462,28 @@ class APIServer:
             code, raw = await self.service_accounts.token_review(body)
         else:
             code, raw = sa_api.self_subject_review(req.user, req.groups)
+        return Response(code, raw, JSON)
+
+    async def _authorization(self, req: Request, segs: list[str]) -> Response:
+        """authorization.k8s.io: access reviews, computed by the authorizer, never stored."""
+        not_found = errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+        if not segs:
+            return self._json({"kind": "APIGroup", "apiVersion": "v1", **authz_api.group_entry()})
+        if segs[0] != authz_api.VERSION:
+            raise not_found
+        if len(segs) == 1:
+            return self._json(authz_api.resource_list())
+        namespace = None
+        rest = segs[1:]
+        if len(rest) == 3 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        if len(rest) != 1 or rest[0] not in authz_api.REVIEWS or \
+                authz_api.REVIEWS[rest[0]][1] != (namespace is not None):
+            raise not_found
+        if req.method != "POST":
+            raise errors.method_not_allowed()
+        body = decode_body(req.body, req.headers.get("content-type", ""))
+        code, raw = authz_api.review(self.authorizer, rest[0], body, req.user, req.groups, namespace)
         return Response(code, raw, JSON)
 
     def _obj_response(self, code: int, raw: bytes, warnings: list[str], kind: Kind, accept: str) -> Response:
