@@ -160,6 +160,41 @@ async def _write_large(request: web.Request, resp) -> web.StreamResponse:
     return sr
 
 
+SA_USER_PREFIX = "system:serviceaccount:"
+
+
+def impersonate(api: APIServer, request: web.Request,
+                who: tuple[str, tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
+    """Act as the user the Impersonate-* headers name, if the caller may (upstream's impersonation).
+
+    kubectl --as / --as-group send these. The caller needs the "impersonate" verb on each
+    user, group and uid it asks for; the result is the named user with the named groups,
+    plus system:authenticated (and a service account's own groups when none are named).
+    """
+    user = request.headers.get("Impersonate-User")
+    groups = tuple(request.headers.getall("Impersonate-Group", ()))
+    uid = request.headers.get("Impersonate-Uid")
+    extras = [k for k in request.headers if k.lower().startswith("impersonate-extra-")]
+    if user is None:
+        if groups or uid or extras:
+            raise errors.bad_request(f"requested {list(groups) or extras or [uid]} without impersonating a user")
+        return who
+    asked = [("users", user)] + [("groups", g) for g in groups] + ([("uids", uid)] if uid else [])
+    for resource, name in asked:
+        allowed, _ = api.authorizer.authorize(who[0], who[1], {"verb": "impersonate", "resource": resource,
+                                                              "group": "", "name": name}, True)
+        if not allowed:
+            raise errors.forbidden_error(f'{resource} "{name}" is forbidden: User "{who[0]}" cannot impersonate '
+                                         f'resource "{resource}" in API group "" at the cluster scope')
+    out = list(groups)
+    if user.startswith(SA_USER_PREFIX) and not groups:
+        ns = user[len(SA_USER_PREFIX):].split(":", 1)[0]
+        out += ["system:serviceaccounts", f"system:serviceaccounts:{ns}"]
+    if user != "system:anonymous" and "system:authenticated" not in out:
+        out.append("system:authenticated")
+    return user, tuple(out)
+
+
 def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
     bootstrap = BootstrapTokenAuth(api)
 
@@ -184,6 +219,11 @@ def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
                 err = errors.unauthorized()
                 return web.Response(status=401, body=err.to_bytes(), content_type="application/json")
             who = ("system:anonymous", ("system:unauthenticated",))
+        if any(k.lower().startswith("impersonate-") for k in request.headers):
+            try:
+                who = impersonate(api, request, who)
+            except errors.StatusError as e:
+                return web.Response(status=e.code, body=e.to_bytes(), content_type="application/json")
         if proxy.is_upgrade(request):
             # exec/attach/port-forward: a WebSocket relayed to the pod's kubelet.
             up = await proxy.handle_upgrade(api, request, who[0], who[1])
