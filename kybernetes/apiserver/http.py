@@ -67,8 +67,9 @@ class BootstrapTokenAuth:
 
     The Secret must be of type bootstrap.kubernetes.io/token, named
     bootstrap-token-<id>, not being deleted, not expired, and allow
-    authentication (usage-bootstrap-authentication: "true"). A join string
-    (``K10<ca hash>::<id>.<secret>``) is accepted as its token.
+    authentication (usage-bootstrap-authentication: "true"). Only the token
+    itself is a credential, as upstream; a join string (``K10<ca hash>::<id>.<secret>``)
+    is what `kyb agent` is given, not a bearer token.
     """
 
     def __init__(self, api: APIServer) -> None:
@@ -80,6 +81,8 @@ class BootstrapTokenAuth:
         return orjson.loads(e.raw) if e is not None else None
 
     async def authenticate(self, token: str) -> tuple[str, tuple[str, ...]] | None:
+        if "::" in token:
+            return None
         try:
             _, tid, secret = parse_join(token)
         except ValueError:

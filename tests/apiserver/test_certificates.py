@@ -147,9 +147,9 @@ async def test_bootstrap_token_authenticates(http_api: tuple[APIServer, str]) ->
     assert info["username"] == "system:bootstrap:abcdef"
     assert info["groups"] == ["system:bootstrappers", "system:bootstrappers:kyb:default-node-token",
                               "system:authenticated"]
-    # The join string carries the token: it authenticates as the token does.
-    code, who = await _whoami(url, join_string("sha256:" + "a" * 64, TOKEN))
-    assert code == 201 and who["status"]["userInfo"]["username"] == "system:bootstrap:abcdef"
+    # The join string is for `kyb agent`, not a credential: only the token itself is (as upstream).
+    code, st = await _whoami(url, join_string("sha256:" + "a" * 64, TOKEN))
+    assert code == 401 and st["reason"] == "Unauthorized"
     for bad in ("abcdef.0123456789abcdee", "zzzzzz.0123456789abcdef", "abcdef.short"):
         code, st = await _whoami(url, bad)
         assert code == 401 and st["reason"] == "Unauthorized", bad

@@ -234,7 +234,9 @@ def hollow(tmp_path_factory):
     s.start()
     # Hollow nodes join as nodes do: with the join token, not the admin's certificate.
     admin = yaml.safe_load(s.kubeconfig.read_text())
-    admin["users"] = [{"name": "node", "user": {"token": (s.data_dir / "pki" / "join.token").read_text().strip()}}]
+    join = (s.data_dir / "pki" / "join.token").read_text().strip()
+    # The join string is K10<CA hash>::<id>.<secret>; the bootstrap token is the part after "::".
+    admin["users"] = [{"name": "node", "user": {"token": join.split("::")[-1]}}]
     admin["contexts"][0]["context"]["user"] = "node"
     node_kubeconfig = s.data_dir / "node-kubeconfig"
     node_kubeconfig.write_text(yaml.safe_dump(admin))
