@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -32,11 +31,7 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.cluster import free_port  # noqa: E402
 
 
 def pod(name: str) -> dict:

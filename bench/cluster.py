@@ -43,6 +43,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def wait_ready(proc: subprocess.Popen, kubeconfig: Path, log: Path) -> Client:
+    """A client of a starting `kyb server` once it writes its kubeconfig and answers /readyz."""
+    while not kubeconfig.exists():
+        if proc.poll() is not None:
+            raise SystemExit(log.read_text())
+        await asyncio.sleep(0.05)
+    client = Client.from_kubeconfig(str(kubeconfig))
+    while True:
+        try:
+            await client.request("GET", "/readyz")
+            return client
+        except Exception:  # noqa: BLE001 - still starting
+            await asyncio.sleep(0.05)
+
+
 _RUNNING: list[Server] = []
 
 
@@ -60,17 +75,7 @@ class Server:
         _RUNNING.append(self)
 
     async def ready(self) -> Client:
-        while not (self.data / "kubeconfig").exists():
-            if self.proc.poll() is not None:
-                raise SystemExit((self.data / "server.log").read_text())
-            await asyncio.sleep(0.05)
-        client = Client.from_kubeconfig(str(self.data / "kubeconfig"))
-        while True:
-            try:
-                await client.request("GET", "/readyz")
-                return client
-            except Exception:  # noqa: BLE001 - still starting
-                await asyncio.sleep(0.05)
+        return await wait_ready(self.proc, self.data / "kubeconfig", self.data / "server.log")
 
     def cpu_seconds(self) -> float:
         parts = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()

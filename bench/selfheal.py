@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.cluster import free_port  # noqa: E402
+from bench.cluster import free_port, wait_ready  # noqa: E402
 from kybernetes.client import Client, Informer  # noqa: E402
 from kybernetes.client.informer import strip_managed_fields  # noqa: E402
 
@@ -84,18 +84,7 @@ class Cluster:
         self.nodes: dict[str, subprocess.Popen] = {}
 
     async def ready(self) -> Client:
-        kubeconfig = self.data / "kubeconfig"
-        while not kubeconfig.exists():
-            if self.server.poll() is not None:
-                raise SystemExit((self.dir / "server.log").read_text())
-            await asyncio.sleep(0.05)
-        client = Client.from_kubeconfig(str(kubeconfig))
-        while True:
-            try:
-                await client.request("GET", "/readyz")
-                return client
-            except Exception:  # noqa: BLE001 - still starting
-                await asyncio.sleep(0.05)
+        return await wait_ready(self.server, self.data / "kubeconfig", self.dir / "server.log")
 
     def start_node(self, name: str) -> None:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - the node process owns it
