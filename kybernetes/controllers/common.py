@@ -13,11 +13,31 @@ import time
 from typing import Any
 
 from ..api.pods import is_pod_ready, pod_condition  # noqa: F401 - is_pod_ready is part of this module's API
+from ..api.selectors import InvalidSelector, from_label_selector_object
 from ..api.times import format_time, parse_time  # noqa: F401 - parse_time is part of this module's API
+from ..client import Informer
 
 Obj = dict[str, Any]
 
 EXPECTATIONS_TTL = 300.0
+
+
+def selecting(owners: Informer, obj: Obj) -> list[Obj]:
+    """The objects in obj's namespace, from owners' cache, whose spec.selector matches obj's labels.
+
+    What an event on an orphan (or on any pod, for PodDisruptionBudgets) concerns. An
+    invalid selector selects nothing.
+    """
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    out = []
+    for owner in owners.list_by_namespace(meta.get("namespace") or ""):
+        try:
+            if from_label_selector_object((owner.get("spec") or {}).get("selector")).matches(labels):
+                out.append(owner)
+        except InvalidSelector:
+            continue
+    return out
 
 
 def now_rfc3339() -> str:

@@ -38,6 +38,7 @@ from .common import (
     is_pod_ready,
     owner_reference,
     pod_from_template,
+    selecting,
 )
 from ..api.pods import toleration_matches as toleration_tolerates
 from .history import (
@@ -295,13 +296,8 @@ class DaemonSetController(Controller):
 
     def _enqueue_matching(self, pod: Obj) -> None:
         """An orphan pod: the DaemonSets in its namespace that might adopt it."""
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        for ds in self.daemonsets.list_by_namespace(pod["metadata"].get("namespace") or ""):
-            try:
-                if from_label_selector_object((ds.get("spec") or {}).get("selector")).matches(labels):
-                    self._enqueue_ds(ds)
-            except InvalidSelector:
-                continue
+        for ds in selecting(self.daemonsets, pod):
+            self._enqueue_ds(ds)
 
     def _pod_added(self, pod: Obj) -> None:
         key = _ds_key_for_pod(pod)

@@ -51,7 +51,7 @@ from ..api.errors import StatusError
 from ..api.selectors import InvalidSelector, from_label_selector_object
 from ..client import Client
 from .base import Controller, Requeue, key_of
-from .common import Obj, controller_ref, now_rfc3339, owner_reference, parse_time
+from .common import Obj, controller_ref, now_rfc3339, owner_reference, parse_time, selecting
 from .replicaset import CONTROLLER_INDEX, RefManager, controller_uid_index
 
 log = logging.getLogger("kybernetes.controllers.deployment")
@@ -383,13 +383,8 @@ class DeploymentController(Controller):
         return key_of(d)
 
     def _enqueue_matching(self, rs: Obj) -> None:
-        m = rs.get("metadata") or {}
-        for d in self.deployments.list_by_namespace(m.get("namespace") or ""):
-            try:
-                if from_label_selector_object((d.get("spec") or {}).get("selector")).matches(m.get("labels") or {}):
-                    self.enqueue(key_of(d))
-            except InvalidSelector:
-                continue
+        for d in selecting(self.deployments, rs):
+            self.enqueue(key_of(d))
 
     def _rs_added(self, rs: Obj) -> None:
         key = self._owner_key(rs, controller_ref(rs))

@@ -19,7 +19,7 @@ from ..api.errors import StatusError
 from ..api.selectors import InvalidSelector, from_label_selector_object
 from ..client import Client
 from .base import Controller, Requeue, key_of
-from .common import controller_ref, is_pod_ready, now_rfc3339, parse_time
+from .common import controller_ref, is_pod_ready, now_rfc3339, parse_time, selecting
 
 DISRUPTED_TTL = 120.0
 
@@ -52,14 +52,8 @@ class DisruptionController(Controller):
                               on_delete=self._pod_event)
 
     def _pod_event(self, pod: dict[str, Any]) -> None:
-        ns = pod["metadata"].get("namespace")
-        labels = pod["metadata"].get("labels") or {}
-        for pdb in self.pdbs.list_by_namespace(ns):
-            try:
-                if from_label_selector_object((pdb.get("spec") or {}).get("selector")).matches(labels):
-                    self.enqueue(key_of(pdb))
-            except InvalidSelector:
-                continue
+        for pdb in selecting(self.pdbs, pod):
+            self.enqueue(key_of(pdb))
 
     async def _expected(self, pods: list[dict[str, Any]]) -> int:
         """Expected pods: the replicas of the pods' controllers (each counted once); 1 per orphan pod."""

@@ -49,6 +49,7 @@ from .common import (
     owner_reference,
     parse_time,
     pod_from_template,
+    selecting,
 )
 
 log = logging.getLogger("kybernetes.controllers.replicaset")
@@ -352,14 +353,8 @@ class ReplicaSetController(Controller):
 
     def _enqueue_matching(self, pod: Obj) -> None:
         """An orphan concerns every ReplicaSet whose selector matches it: one of them may adopt it."""
-        m = pod.get("metadata") or {}
-        labels = m.get("labels") or {}
-        for rs in self.replicasets.list_by_namespace(m.get("namespace") or ""):
-            try:
-                if from_label_selector_object((rs.get("spec") or {}).get("selector")).matches(labels):
-                    self.enqueue(key_of(rs))
-            except InvalidSelector:
-                continue
+        for rs in selecting(self.replicasets, pod):
+            self.enqueue(key_of(rs))
 
     def _pod_added(self, pod: Obj) -> None:
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
