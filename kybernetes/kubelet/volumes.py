@@ -234,18 +234,10 @@ class VolumeManager:
             return path
         if kind == "configMap":
             src = vol["configMap"]
-            cm = await self.get_configmap(ns, src.get("name", ""))
-            if cm is None and not src.get("optional"):
-                raise VolumeError(f'configmap "{src.get("name")}" not found')
-            files = _keyed_files(configmap_values(cm or {}), src.get("items"), src.get("defaultMode", 0o644),
-                                 "configmap", bool(src.get("optional")))
+            files = await self._keyed_source("configmap", ns, src, "name", src.get("defaultMode", 0o644))
         elif kind == "secret":
             src = vol["secret"]
-            sec = await self.get_secret(ns, src.get("secretName", ""))
-            if sec is None and not src.get("optional"):
-                raise VolumeError(f'secret "{src.get("secretName")}" not found')
-            files = _keyed_files(secret_values(sec or {}), src.get("items"), src.get("defaultMode", 0o644),
-                                 "secret", bool(src.get("optional")))
+            files = await self._keyed_source("secret", ns, src, "secretName", src.get("defaultMode", 0o644))
         elif kind == "downwardAPI":
             src = vol["downwardAPI"]
             files = downward_files(pod, src.get("items") or [], src.get("defaultMode", 0o644), pod_ip, host_ip,
@@ -257,24 +249,23 @@ class VolumeManager:
         atomic_write(path, files)
         return path
 
+    async def _keyed_source(self, what: str, ns: str, ref: Obj, name_field: str, mode: int) -> dict[str, FileEntry]:
+        """The files of a configMap or secret source (a volume's, or one of a projected volume's)."""
+        get, values = (self.get_configmap, configmap_values) if what == "configmap" else (self.get_secret,
+                                                                                            secret_values)
+        obj = await get(ns, ref.get(name_field, ""))
+        if obj is None and not ref.get("optional"):
+            raise VolumeError(f'{what} "{ref.get(name_field)}" not found')
+        return _keyed_files(values(obj or {}), ref.get("items"), mode, what, bool(ref.get("optional")))
+
     async def _projected(self, pod: Obj, src: Obj, ns: str, pod_ip: str, host_ip: str) -> dict[str, FileEntry]:
         mode = src.get("defaultMode", 0o644)
         files: dict[str, FileEntry] = {}
         for s in src.get("sources") or []:
             if "configMap" in s:
-                ref = s["configMap"]
-                cm = await self.get_configmap(ns, ref.get("name", ""))
-                if cm is None and not ref.get("optional"):
-                    raise VolumeError(f'configmap "{ref.get("name")}" not found')
-                files.update(_keyed_files(configmap_values(cm or {}), ref.get("items"), mode, "configmap",
-                                          bool(ref.get("optional"))))
+                files.update(await self._keyed_source("configmap", ns, s["configMap"], "name", mode))
             elif "secret" in s:
-                ref = s["secret"]
-                sec = await self.get_secret(ns, ref.get("name", ""))
-                if sec is None and not ref.get("optional"):
-                    raise VolumeError(f'secret "{ref.get("name")}" not found')
-                files.update(_keyed_files(secret_values(sec or {}), ref.get("items"), mode, "secret",
-                                          bool(ref.get("optional"))))
+                files.update(await self._keyed_source("secret", ns, s["secret"], "name", mode))
             elif "downwardAPI" in s:
                 files.update(downward_files(pod, s["downwardAPI"].get("items") or [], mode, pod_ip, host_ip,
                                             self.node_allocatable))
