@@ -217,12 +217,21 @@ class ContainerFilter:
     state: ContainerState | None = None
     labels: dict[str, str] = field(default_factory=dict)
 
+    def matches(self, st: ContainerStatus) -> bool:
+        return ((not self.id or st.id.startswith(self.id))
+                and (not self.sandbox_id or st.sandbox_id == self.sandbox_id)
+                and (not self.state or st.state == self.state) and labels_match(st.labels, self.labels))
+
 
 @dataclass
 class SandboxFilter:
     id: str | None = None
     state: SandboxState | None = None
     labels: dict[str, str] = field(default_factory=dict)
+
+    def matches(self, st: PodSandboxStatus) -> bool:
+        return ((not self.id or st.id.startswith(self.id)) and (not self.state or st.state == self.state)
+                and labels_match(st.labels, self.labels))
 
 
 @dataclass

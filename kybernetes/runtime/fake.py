@@ -35,7 +35,6 @@ from kybernetes.runtime.base import (
     SandboxFilter,
     SandboxState,
     StreamHandle,
-    labels_match,
 )
 from kybernetes.runtime.logs import LogWriter
 
@@ -130,13 +129,8 @@ class FakeRuntime(Runtime):
     async def list_pod_sandboxes(self, filter: SandboxFilter | None = None) -> list[PodSandboxStatus]:
         out = []
         for sb in self._sandboxes.values():
-            if filter and filter.id and not sb.id.startswith(filter.id):
-                continue
-            if filter and filter.state and sb.state != filter.state:
-                continue
-            if filter and not labels_match(sb.labels, filter.labels):
-                continue
-            out.append(sb)
+            if filter is None or filter.matches(sb):
+                out.append(sb)
         return out
 
     async def create_container(self, sandbox_id: str, config: ContainerConfig) -> str:
@@ -194,15 +188,8 @@ class FakeRuntime(Runtime):
     async def list_containers(self, filter: ContainerFilter | None = None) -> list[ContainerStatus]:
         out = []
         for c in self._containers.values():
-            if filter and filter.id and not c.id.startswith(filter.id):
-                continue
-            if filter and filter.sandbox_id and c.sandbox_id != filter.sandbox_id:
-                continue
-            if filter and filter.state and c.state != filter.state:
-                continue
-            if filter and not labels_match(c.labels, filter.labels):
-                continue
-            out.append(self._copy(c))
+            if filter is None or filter.matches(c):
+                out.append(self._copy(c))
         return out
 
     async def container_stats(self, container_id: str) -> ContainerStats:

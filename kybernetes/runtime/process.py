@@ -62,7 +62,6 @@ from kybernetes.runtime.base import (
     SandboxState,
     StartError,
     StreamHandle,
-    labels_match,
     to_dict,
 )
 from kybernetes.runtime.cgroups import Cgroup, CgroupLimits, CgroupManager
@@ -530,11 +529,8 @@ class ProcessRuntime(Runtime):
                 st = await self.pod_sandbox_status(sid)
             except NotFoundError:
                 continue  # removed while listing
-            if filter and filter.state and st.state != filter.state:
-                continue
-            if filter and not labels_match(st.labels, filter.labels):
-                continue
-            out.append(st)
+            if filter is None or filter.matches(st):
+                out.append(st)
         return sorted(out, key=lambda s: s.created_at)
 
     # -- containers -----------------------------------------------------------------
@@ -716,13 +712,8 @@ class ProcessRuntime(Runtime):
                 st = await self.container_status(cid)
             except NotFoundError:
                 continue
-            if filter and filter.sandbox_id and st.sandbox_id != filter.sandbox_id:
-                continue
-            if filter and filter.state and st.state != filter.state:
-                continue
-            if filter and not labels_match(st.labels, filter.labels):
-                continue
-            out.append(st)
+            if filter is None or filter.matches(st):
+                out.append(st)
         return sorted(out, key=lambda s: s.created_at)
 
     async def stop_container(self, container_id: str, timeout: float) -> None:
