@@ -28,7 +28,7 @@ from aiohttp import web
 from ..api import errors
 from ..api.times import parse_time
 from . import proxy
-from .pki import PKI, parse_join
+from .pki import PKI, parse_join, peer_identity
 from .request import Request
 from .server import APIServer
 
@@ -125,21 +125,8 @@ class BootstrapTokenAuth:
 
 
 def _peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
-    sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
-    if sslobj is None:
-        return None
-    cert = sslobj.getpeercert()
-    if not cert:
-        return None
-    cn = ""
-    orgs: list[str] = []
-    for rdn in cert.get("subject", ()):
-        for k, v in rdn:
-            if k == "commonName":
-                cn = v
-            elif k == "organizationName":
-                orgs.append(v)
-    return (cn, tuple(orgs) + ("system:authenticated",)) if cn else None
+    who = peer_identity(request)
+    return (who[0], who[1] + ("system:authenticated",)) if who else None
 
 
 _LARGE_BODY = 1 << 20

@@ -27,12 +27,16 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -288,3 +292,22 @@ def cluster_info_kubeconfig(server_url: str, ca_pem: bytes) -> str:
         "clusters": [{"name": "", "cluster": {"server": server_url,
                                               "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
         "contexts": None, "current-context": "", "users": None}, sort_keys=True)
+
+
+def peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
+    """(CN, O's) of the client certificate TLS verified on this connection, or None without one.
+
+    Upstream's x509 authentication: the user is the CN, the groups are the O's.
+    """
+    sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+    cert = sslobj.getpeercert() if sslobj is not None else None
+    if not cert:
+        return None
+    cn, orgs = "", []
+    for rdn in cert.get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName":
+                cn = v
+            elif k == "organizationName":
+                orgs.append(v)
+    return (cn, tuple(orgs)) if cn else None

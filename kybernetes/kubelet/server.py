@@ -42,6 +42,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from kybernetes.runtime.base import ContainerState, Runtime, RuntimeServiceError, StreamHandle
 from kybernetes.kubelet.stats import StatsProvider
 from kybernetes.runtime.logs import LogOptions, parse_timestamp, read_logs
+from kybernetes.apiserver.pki import peer_identity
 from kybernetes.streaming import spdy
 
 log = logging.getLogger("kybernetes.kubelet.server")
@@ -112,22 +113,6 @@ def exit_status(code: int | None, cmd: list[str]) -> bytes:
         "reason": "NonZeroExitCode",
         "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
     })
-
-
-def peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
-    """(CN, O's) of the verified client certificate, or None without one."""
-    sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
-    cert = sslobj.getpeercert() if sslobj is not None else None
-    if not cert:
-        return None
-    cn, orgs = "", []
-    for rdn in cert.get("subject", ()):
-        for k, v in rdn:
-            if k == "commonName":
-                cn = v
-            elif k == "organizationName":
-                orgs.append(v)
-    return (cn, tuple(orgs)) if cn else None
 
 
 def _flag(query: Any, *names: str) -> bool:
