@@ -22,6 +22,7 @@ from typing import Any
 from kybernetes.api.errors import StatusError
 from kybernetes.client import Client, Informer
 from kybernetes.kubelet import static as staticpods
+from kybernetes.kubelet.images import ImageManager, RuntimeImages
 from kybernetes.kubelet.node import NodeConfig, NodeStatusManager, capacity, detect_host_ip
 from kybernetes.kubelet.podworker import BackOff, PodWorker
 from kybernetes.kubelet.pvc import ClaimResolver
@@ -55,13 +56,18 @@ class KubeletConfig:
     static_pod_path: str | None = None
     max_pods: int = 110
     node_labels: dict[str, str] = field(default_factory=dict)
+    # Image GC (upstream's imageGCHighThresholdPercent / imageGCLowThresholdPercent), checked
+    # every image_gc_period seconds; unused images go, least recently used first.
+    image_gc_high_threshold_percent: int = 85
+    image_gc_low_threshold_percent: int = 80
+    image_gc_period: float = 300.0
 
 
 class Kubelet:
     """``Kubelet(client, runtime, KubeletConfig(...))``; ``await start()`` ... ``await stop()``."""
 
     def __init__(self, client: Client, runtime: Runtime, config: KubeletConfig | None = None,
-                 **overrides: Any) -> None:
+                 images: Any = None, **overrides: Any) -> None:
         cfg = config or KubeletConfig()
         for k, v in overrides.items():
             if not hasattr(cfg, k):
@@ -91,6 +97,9 @@ class Kubelet:
                                      get_token=self._token, node_allocatable=self.allocatable,
                                      resolve_claim=ClaimResolver(client).host_path)
         self.backoff = BackOff(cfg.backoff_base, cfg.backoff_max)
+        # The node's image service; runtimes that carry their own images are wrapped.
+        self.images = images if images is not None else RuntimeImages(runtime)
+        self.image_manager = ImageManager(self.images, event=self._image_event, get_secret=self.get_secret)
         self.pod_informer = Informer(self.pods, field_selector=f"spec.nodeName={cfg.node_name}")
         self.service_informer = Informer(client.resource("v1", "services"))
         self.workers: dict[str, PodWorker] = {}
@@ -122,6 +131,9 @@ class Kubelet:
         if self.config.static_pod_path:
             self._tasks.append(loop.create_task(self._static_loop()))
         self._tasks.append(loop.create_task(self._housekeeping()))
+        if self.image_manager.real:
+            await self._refresh_node_images()
+            self._tasks.append(loop.create_task(self._image_loop()))
         log.info("kubelet on node %s (%s) started", self.node_name, self.config.host_ip)
 
     async def stop(self) -> None:
@@ -197,6 +209,14 @@ class Kubelet:
             container = specs[0]["name"]
         return w.find_container(container)
 
+    async def port_forward(self, namespace: str, pod: str, port: int) -> tuple[asyncio.StreamReader,
+                                                                              asyncio.StreamWriter]:
+        """A connection to a pod's port, made where the pod's network is (its sandbox)."""
+        w = self.find_worker(namespace, pod)
+        if w is None or w.sandbox_id is None:
+            raise ConnectionError(f"pod {namespace}/{pod} has no running sandbox on this node")
+        return await self.runtime.open_connection(w.sandbox_id, port)
+
     async def patch_pod_status(self, worker: PodWorker, status: Obj) -> None:
         await self.pods.patch(worker.name, {"status": status}, namespace=worker.namespace, subresource="status")
 
@@ -254,6 +274,9 @@ class Kubelet:
 
     def pulling(self, image: str, worker: PodWorker) -> None:
         self._pulling[image] = worker
+
+    def _image_event(self, pod: Obj, type_: str, reason: str, message: str, field_path: str = "") -> None:
+        self.event(pod, type_, reason, message, field_path=field_path)
 
     def event(self, pod: Obj, type_: str, reason: str, message: str, field_path: str = "") -> None:
         """Record a core/v1 Event about a pod (written in the background, repeats counted)."""
@@ -350,6 +373,35 @@ class Kubelet:
             live = {w.uid for w in self.workers.values()}
             self._noticed = {k for k in self._noticed if k[0] in live}
 
+    def images_in_use(self) -> set[str]:
+        """Image ids the pods of this node use (what image GC and removal must keep)."""
+        return {rec.image_ref for w in self.workers.values() for rec in w.containers.values() if rec.image_ref}
+
+    async def _refresh_node_images(self) -> None:
+        self.node.images = await self.image_manager.node_images()
+
+    async def _image_loop(self) -> None:
+        """Keep the Node's status.images current, and collect unused images by disk thresholds."""
+        last_gc = time.monotonic()
+        while True:
+            await asyncio.sleep(self.config.node_status_update_frequency)
+            try:
+                if time.monotonic() - last_gc >= self.config.image_gc_period:
+                    last_gc = time.monotonic()
+                    in_use = self.images_in_use()
+                    for c in await self.runtime.list_containers():
+                        in_use.add(c.image)
+                    freed = await self.image_manager.garbage_collect(
+                        in_use, self.config.image_gc_high_threshold_percent,
+                        self.config.image_gc_low_threshold_percent)
+                    if freed:
+                        log.info("image garbage collection freed %d bytes", freed)
+                await self._refresh_node_images()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("image housekeeping")
+
     async def _static_loop(self) -> None:
         assert self.config.static_pod_path
         while True:
@@ -407,4 +459,7 @@ def _now() -> str:
 
 
 def _runtime_version(runtime: Runtime) -> str:
+    version = getattr(runtime, "version", None)
+    if callable(version):
+        return version()
     return f"kybernetes-{runtime.name}://0.1.0"

@@ -174,6 +174,8 @@ class NodeStatusManager:
         self._last_status: Obj | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.registered = asyncio.Event()
+        # status.images, kept current by the kubelet's image manager (None: not reported).
+        self.images: list[Obj] | None = None
 
     # ------------------------------------------------------------------ the object
 
@@ -190,7 +192,7 @@ class NodeStatusManager:
             conditions.append(self._condition(ctype, "True" if bad else "False", reason, message, now))
         conditions.append(self._condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", now))
         uname = os.uname()
-        return {
+        out: Obj = {
             "capacity": cap,
             "allocatable": alloc,
             "conditions": conditions,
@@ -210,6 +212,9 @@ class NodeStatusManager:
                 "architecture": go_arch(),
             },
         }
+        if self.images is not None:
+            out["images"] = self.images
+        return out
 
     def _condition(self, ctype: str, status: str, reason: str, message: str, now: str) -> Obj:
         prev = self._last_conditions.get(ctype)

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 from kybernetes.api.errors import StatusError
 from kybernetes.api.quantity import parse_quantity
+from kybernetes.kubelet import security
 from kybernetes.kubelet import status as podstatus
+from kybernetes.kubelet import termination
 from kybernetes.kubelet.env import EnvError, container_env, expand_command
 from kybernetes.kubelet.probes import FAILURE, SUCCESS, ProbeWorker, run_check
 from kybernetes.kubelet.volumes import VolumeError, container_mounts
@@ -35,6 +37,7 @@ from kybernetes.runtime.base import (
     ContainerMetadata,
     ContainerState,
     ContainerStatus,
+    Mount,
     NamespaceMode,
     NamespaceOptions,
     PodSandboxConfig,
@@ -57,6 +60,17 @@ LABEL_POD_NAMESPACE = "io.kubernetes.pod.namespace"
 LABEL_CONTAINER = "io.kubernetes.container.name"
 ANNOTATION_RESTARTS = "io.kubernetes.container.restartCount"
 FAKE_PREFIX = "fake.kybernetes.io/"
+
+
+# Waiting reasons after which the next sync tries to create the container again (image
+# pulls have their own back-off in the image manager).
+_RETRY_START = ("ContainerCreating", "CreateContainerConfigError", "CreateContainerError", "ErrImagePull",
+                "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName")
+
+
+def _image_id(image: Any) -> str:
+    digests = getattr(image, "repo_digests", None) or []
+    return digests[0] if digests else image.id
 
 
 class BackOff:
@@ -116,7 +130,8 @@ class ContainerRecord:
     waiting: tuple[str, str] | None = None
     probes: dict[str, ProbeWorker] = field(default_factory=dict)
     kill_reason: str = ""
-    image_ref: str = ""
+    image_ref: str = ""  # what the runtime was given: the image's id in the node's image store
+    image_id: str = ""  # what status.imageID shows: the repo digest where there is one
 
     @property
     def name(self) -> str:
@@ -279,6 +294,7 @@ class PodWorker:
             if rec.container_id is not None:
                 rec.previous, rec.previous_id = rec.status, rec.container_id
             rec.container_id, rec.status = st.id, st
+            rec.image_ref = rec.image_id = st.image
             rec.restart_count = int(st.annotations.get(ANNOTATION_RESTARTS, "0") or 0)
             self.kubelet.own(st.id, self)
 
@@ -293,6 +309,8 @@ class PodWorker:
                 rec.container_id = None
                 continue
             self.kubelet.notices(self, rec.status.notices)
+            if rec.status.state == ContainerState.EXITED and not rec.status.message:
+                rec.status.message = termination.message(rec.status, rec.spec)
 
     # ------------------------------------------------------------------ sandbox and volumes
 
@@ -395,8 +413,7 @@ class PodWorker:
     async def _sync_container(self, rec: ContainerRecord) -> None:
         st = rec.status
         if rec.container_id is None or st is None:
-            if rec.waiting is None or rec.waiting[0] in ("ContainerCreating", "CreateContainerConfigError",
-                                                         "CreateContainerError"):
+            if rec.waiting is None or rec.waiting[0] in _RETRY_START:
                 await self._start(rec)
             return
         if st.state == ContainerState.RUNNING:
@@ -458,14 +475,13 @@ class PodWorker:
         attempt = rec.restart_count + 1 if rec.container_id is not None else rec.restart_count
         image = c.get("image", "")
         k.pulling(image, self)
-        info = await rt.image_status(image)
-        if info is not None and info.provided:
-            k.event(self.pod, "Normal", "Pulled", f'Container image "{image}" already present on machine',
-                    field_path=fp)
-        else:
-            info = await rt.pull_image(image)
-            k.flush_runtime_events()
-        rec.image_ref = image
+        pulled = await k.image_manager.ensure(self.pod, c, self.wake, fp)
+        k.flush_runtime_events()
+        if pulled.image is None:
+            rec.waiting = pulled.waiting
+            return
+        rec.image_ref = pulled.image_ref
+        rec.image_id = _image_id(pulled.image)
         try:
             env = await container_env(
                 self.pod, c, get_configmap=k.get_configmap, get_secret=k.get_secret, services=k.services(),
@@ -479,20 +495,39 @@ class PodWorker:
             return
         res = c.get("resources") or {}
         lim, req = res.get("limits") or {}, res.get("requests") or {}
-        sc = {**((self.pod.get("spec") or {}).get("securityContext") or {}), **(c.get("securityContext") or {})}
+        sec = security.effective(self.pod, c)
+        if sec.seccomp.startswith("localhost/"):
+            # Localhost profiles are paths under the kubelet's seccomp directory, as upstream.
+            sec.seccomp = "localhost/" + os.path.join(k.config.root_dir, "seccomp", sec.seccomp[len("localhost/"):])
+        try:
+            security.verify_run_as_non_root(self.pod, c, sec, str(pulled.image.config.get("User") or ""))
+        except security.SecurityError as e:
+            rec.waiting = ("CreateContainerConfigError", str(e))
+            k.event(self.pod, "Warning", "Failed", f"Error: {e}", field_path=fp)
+            return
         log_path = os.path.join(self.log_dir, rec.name, f"{attempt}.log")
         if os.path.exists(log_path):
             os.unlink(log_path)  # a stale file from an attempt the runtime forgot
         annotations = {ANNOTATION_RESTARTS: str(attempt)}
+        if rt.isolated_filesystem:
+            term = termination.prepare(os.path.join(k.volumes.pod_dir(self.uid), "containers"), rec.name,
+                                       attempt)
+            mounts.append(Mount(host_path=term, container_path=c.get("terminationMessagePath")
+                                or termination.DEFAULT_PATH))
+            annotations[termination.ANNOTATION_HOST_PATH] = term
         annotations.update({a: v for a, v in (self.pod["metadata"].get("annotations") or {}).items()
                             if a.startswith(FAKE_PREFIX)})
         config = ContainerConfig(
-            metadata=ContainerMetadata(rec.name, attempt), image=image, command=command, args=args, env=env,
+            metadata=ContainerMetadata(rec.name, attempt), image=rec.image_ref, command=command, args=args, env=env,
             working_dir=c.get("workingDir") or "", mounts=mounts,
             resources=Resources(cpu_millis=_cpu_millis(lim.get("cpu")), cpu_request_millis=_cpu_millis(req.get("cpu")),
                                 memory_bytes=_bytes(lim.get("memory"))),
             log_path=log_path, tty=bool(c.get("tty")), stdin=bool(c.get("stdin")),
-            stdin_once=bool(c.get("stdinOnce")), run_as_user=sc.get("runAsUser"), run_as_group=sc.get("runAsGroup"),
+            stdin_once=bool(c.get("stdinOnce")), run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,
+            privileged=sec.privileged, readonly_rootfs=sec.readonly_rootfs, capabilities_add=sec.capabilities_add,
+            capabilities_drop=sec.capabilities_drop, no_new_privileges=sec.no_new_privileges,
+            supplemental_groups=sec.supplemental_groups, seccomp=sec.seccomp,
+            termination_message_path=c.get("terminationMessagePath") or termination.DEFAULT_PATH,
             labels={LABEL_POD_UID: self.uid, LABEL_POD_NAME: self.name, LABEL_POD_NAMESPACE: self.namespace,
                     LABEL_CONTAINER: rec.name},
             annotations=annotations,
@@ -663,6 +698,7 @@ class PodWorker:
                 await self.kubelet.runtime.remove_pod_sandbox(self.sandbox_id)
         self.kubelet.volumes.teardown(self.uid)
         self.kubelet.backoff.forget_prefix(self.uid + "/")
+        self.kubelet.image_manager.forget_pod(self.uid)
         if not self.removed:
             await self.kubelet.delete_pod_object(self)
         self.finished = True
@@ -681,7 +717,7 @@ class PodWorker:
         if waiting is None and rec.container_id is None:
             waiting = ("PodInitializing", "") if not rec.init and self._init_records() and not \
                 self._init_done() else ("ContainerCreating", "")
-        out: Obj = {"name": rec.name, "image": rec.spec.get("image", ""), "imageID": rec.image_ref or "",
+        out: Obj = {"name": rec.name, "image": rec.spec.get("image", ""), "imageID": rec.image_id or "",
                     "ready": ready, "restartCount": rec.restart_count, "started": started,
                     "state": podstatus.state_of(st, waiting), "lastState": {}}
         if rec.container_id is not None:

@@ -63,16 +63,20 @@ DEFAULT_ALLOWED_GROUPS = frozenset({"system:masters"})
 
 
 class KubeletLike(Protocol):
-    """What the server needs from the kubelet: its runtime and a container lookup.
+    """What the server needs from the kubelet: its runtime, a container lookup, a pod dialer.
 
     ``find_container`` (plain or async) returns (container_id or None when the
     container has not started, log path or None, previous instance's log path or
     None); it returns None or raises LookupError when the pod or container is unknown.
+    ``port_forward`` connects to a pod's port from where the pod's network is.
     """
 
     runtime: Runtime
 
     def find_container(self, namespace: str, pod: str, container: str) -> Any: ...
+
+    async def port_forward(self, namespace: str, pod: str, port: int) -> tuple[asyncio.StreamReader,
+                                                                              asyncio.StreamWriter]: ...
 
 
 class HTTPError(Exception):
@@ -312,14 +316,8 @@ class KubeletServer:
         ns, pod = request.match_info["ns"], request.match_info["pod"]
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise HTTPError(400, f"Upgrade request required: only WebSocket ({PORTFORWARD_TUNNEL}) is supported")
-        dial = getattr(self.kubelet, "port_forward", None)
-        if dial is not None:
-            async def dial_port(port: int):
-                return await dial(ns, pod, port)
-        else:
-            # Pods of the process runtime share the node's network: the pod's port is ours.
-            async def dial_port(port: int):
-                return await asyncio.open_connection("127.0.0.1", port)
+        async def dial_port(port: int):
+            return await self.kubelet.port_forward(ns, pod, port)
         ws = web.WebSocketResponse(protocols=(PORTFORWARD_TUNNEL,), autoping=True, max_msg_size=0)
         await ws.prepare(request)
         if ws.ws_protocol != PORTFORWARD_TUNNEL:

@@ -173,6 +173,21 @@ class ContainerConfig:
     run_as_group: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    # The security context, as the kubelet resolves it from the pod and container specs.
+    # Runtimes without the isolation to honour a field ignore it (the process runtime does).
+    privileged: bool = False
+    readonly_rootfs: bool = False
+    capabilities_add: list[str] = field(default_factory=list)  # "NET_ADMIN" or "CAP_NET_ADMIN"; "ALL"
+    capabilities_drop: list[str] = field(default_factory=list)
+    no_new_privileges: bool = False  # allowPrivilegeEscalation: false
+    supplemental_groups: list[int] = field(default_factory=list)
+    # "" or "Unconfined": none; "RuntimeDefault"; "localhost/<absolute path of a profile>".
+    seccomp: str = ""
+    # Overrides the image's StopSignal: "SIGTERM", "TERM" or "15"; "" means the image's, else SIGTERM.
+    stop_signal: str = ""
+    # Where the container writes its termination message. The kubelet binds a host file there
+    # through ``mounts``; a runtime that finds no mount for it may provide one itself.
+    termination_message_path: str = ""
 
 
 @dataclass
@@ -304,6 +319,9 @@ class Runtime(abc.ABC):
     stopping a stopped thing and removing a missing thing succeed."""
 
     name: str = "runtime"
+    # True when every container has its own root filesystem (the kubelet then mounts
+    # per-container files such as the termination log into it).
+    isolated_filesystem: bool = False
 
     # -- pod sandboxes ------------------------------------------------------
     @abc.abstractmethod
@@ -385,6 +403,15 @@ class Runtime(abc.ABC):
         del self._events[:-1000]
         for listener in list(self._event_listeners):
             listener(event)
+
+    async def open_connection(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader,
+                                                                         asyncio.StreamWriter]:
+        """A TCP connection to 127.0.0.1:``port`` as the pod sees it (port-forward, probes).
+
+        This default is for runtimes whose pods share the node's network; runtimes that give a
+        pod its own network namespace connect from inside it.
+        """
+        return await asyncio.open_connection("127.0.0.1", port)
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most runtimes hold nothing
         """Release in-memory resources; containers keep running (a restart finds them)."""

@@ -50,6 +50,10 @@ class FakeKubelet:
     async def find_container(self, ns: str, pod: str, container: str):
         return self.containers.get((ns, pod, container))
 
+    async def port_forward(self, ns: str, pod: str, port: int):
+        # These pods share the node's network, as the process runtime's do.
+        return await asyncio.open_connection("127.0.0.1", port)
+
 
 async def poll(cond, timeout: float = 10.0, what: str = "condition"):
     end = time.monotonic() + timeout
