@@ -158,9 +158,10 @@ class ContentStore:
             raise DigestMismatch(f"digest mismatch: expected {expected}, got {digest}")
         if not self.has(digest):
             with self.ingest(digest, len(data)) as ing:
-                ing.reset()
-                ing.write(data)
-                ing.commit()
+                if not ing.present:  # another writer may have finished it while we waited
+                    ing.reset()
+                    ing.write(data)
+                    ing.commit()
         return digest
 
     def ingest(self, digest: str, size: int | None = None) -> Ingest:
