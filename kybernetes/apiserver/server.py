@@ -29,6 +29,7 @@ from ..storage.base import Compactor, Store
 from . import eviction, proxy, tables
 from . import authorization as authz_api
 from . import serviceaccounts as sa_api
+from .endpoints import KubernetesEndpoints
 from .metrics import Metrics
 from . import metrics as metrics_api
 from .admission import Admission, kubernetes_service_ip
@@ -76,6 +77,7 @@ class APIServer:
         self._openapi: dict[str, bytes] = {}
         self.started = False
         self._compactor: asyncio.Task | None = None
+        self.kubernetes_endpoints: KubernetesEndpoints | None = None
         # How the API server reaches kubelets (logs, exec, attach, port-forward); set by kyb server.
         self.kubelet_client: proxy.KubeletClient | None = None
         self.metrics = Metrics(self)
@@ -95,9 +97,14 @@ class APIServer:
         await self.cache.start()
         await self._bootstrap()
         self._compactor = asyncio.create_task(Compactor(self.store, compact_interval).run(), name="compactor")
+        # The `kubernetes` Service's endpoints are this server's address, as kube-apiserver keeps them.
+        self.kubernetes_endpoints = KubernetesEndpoints(self)
+        await self.kubernetes_endpoints.start()
         self.started = True
 
     async def stop(self) -> None:
+        if self.kubernetes_endpoints is not None:
+            await self.kubernetes_endpoints.stop()
         if self.kubelet_client is not None:
             await self.kubelet_client.close()
         if self._compactor is not None:

@@ -24,6 +24,8 @@ from .cronjob import CronJobController
 from .daemonset import DaemonSetController
 from .deployment import DeploymentController
 from .disruption import DisruptionController
+from .endpoints import EndpointsController
+from .endpointslice import EndpointSliceController, EndpointSliceMirroringController
 from .hpa import HorizontalPodAutoscalerController
 from .garbagecollector import GarbageCollector
 from .job import JobController
@@ -58,6 +60,8 @@ class ControllerManager:
                                               DaemonSetController(client), StatefulSetController(client),
                                               JobController(client), CronJobController(client),
                                               DisruptionController(client),
+                                              EndpointsController(client), EndpointSliceController(client),
+                                              EndpointSliceMirroringController(client),
                                               HorizontalPodAutoscalerController(client),
                                               NodeLifecycleController(client,
                                                                       grace_period=node_monitor_grace_period),
