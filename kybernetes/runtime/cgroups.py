@@ -201,6 +201,9 @@ class CgroupManager:
     version: int
     mounts: dict[str, str]  # controller (or "unified") -> mount point
     root: str = "kybernetes"
+    # Every cgroup hierarchy mounted, used or not: an OCI runtime (runc) creates a container's
+    # cgroup in all of them (devices, freezer, name=systemd, a hybrid host's empty cgroup2…).
+    hierarchies: list[str] = field(default_factory=list)
 
     @classmethod
     def detect(cls, root: str = "kybernetes") -> tuple[CgroupManager | None, str]:
@@ -209,6 +212,7 @@ class CgroupManager:
             return None, "not running as root: cgroups cannot be created, limits are not enforced"
         v1: dict[str, str] = {}
         v2: list[str] = []
+        every: list[str] = []
         try:
             mounts = _read("/proc/self/mounts").splitlines()
         except OSError:
@@ -218,6 +222,8 @@ class CgroupManager:
             if len(parts) < 4:
                 continue
             mountpoint, fstype, opts = parts[1], parts[2], parts[3].split(",")
+            if fstype in ("cgroup", "cgroup2") and mountpoint not in every:
+                every.append(mountpoint)
             if fstype == "cgroup2":
                 v2.append(mountpoint)
             elif fstype == "cgroup":
@@ -230,11 +236,11 @@ class CgroupManager:
             except OSError:
                 continue
             if {"memory", "cpu", "pids"} <= have:
-                return cls(2, {"unified": mp}, root), ""
+                return cls(2, {"unified": mp}, root, [mp]), ""
         if "memory" in v1:
             missing = [c for c in ("cpu", "pids") if c not in v1]
             note = f" (missing v1 controllers: {', '.join(missing)})" if missing else ""
-            return cls(1, v1, root), note
+            return cls(1, v1, root, every), note
         return None, "no usable cgroup hierarchy with a memory controller: limits are not enforced"
 
     def _enable_v2(self, path_parts: list[str]) -> None:
@@ -267,3 +273,27 @@ class CgroupManager:
         if limits is not None:
             cg.apply(limits)
         return cg
+
+    def swap_limit_supported(self) -> bool:
+        """Whether a memory+swap limit can be set (v1 needs the kernel's swap accounting)."""
+        if self.version == 2:
+            return os.path.exists(os.path.join(self.mounts["unified"], self.root, "memory.swap.max")) or \
+                os.path.exists(os.path.join(self.mounts["unified"], "memory.swap.max"))
+        return os.path.exists(os.path.join(self.mounts["memory"], "memory.memsw.limit_in_bytes"))
+
+    def relative_path(self, *names: str) -> str:
+        """``/<root>/<names...>``: a cgroup as an OCI runtime spec's linux.cgroupsPath names it."""
+        return "/" + os.path.join(self.root, *names)
+
+    def remove_tree(self, *names: str) -> None:
+        """Remove ``<root>/<names...>`` and everything below it in every hierarchy.
+
+        Processes must be gone; directories are removed deepest first (a cgroup directory
+        only goes once it has no children).
+        """
+        for mp in self.hierarchies or sorted(set(self.mounts.values())):
+            top = os.path.join(mp, self.root, *names)
+            if not os.path.isdir(top):
+                continue
+            dirs = [dirpath for dirpath, _, _ in os.walk(top)]
+            Cgroup(self.version, {str(i): d for i, d in enumerate(dirs)}).remove()

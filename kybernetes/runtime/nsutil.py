@@ -1,5 +1,6 @@
-"""Thin Linux helpers the process runtime needs and the stdlib lacks (Python 3.11):
-namespaces (unshare/setns), mount, the child-subreaper flag, and process identity.
+"""Thin Linux helpers the runtimes need and the stdlib lacks (Python 3.11): namespaces
+(unshare/setns), mount and umount, the child-subreaper flag, process identity, and
+connecting to a port inside another network namespace.
 
 Process identity is (pid, start time in clock ticks from /proc/<pid>/stat): a pid
 alone can be reused after a restart, the pair cannot.
@@ -7,9 +8,12 @@ alone can be reused after a restart, the pair cannot.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import os
+import socket
+import threading
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -25,6 +29,8 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
+
+MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -61,6 +67,10 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
     ret = libc().mount(b(source), b(target), b(fstype), ctypes.c_ulong(flags), b(data))
     _check(ret, f"mount {source or fstype} on {target}")
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(libc().umount2(target.encode(), ctypes.c_int(flags)), f"umount {target}")
 
 
 def set_child_subreaper() -> None:
@@ -115,3 +125,56 @@ def namespaces_supported() -> tuple[bool, str]:
     if not os.path.exists("/proc/self/ns/pid"):
         return False, "the kernel has no namespace support (/proc/self/ns missing)"
     return True, ""
+
+
+def socket_in_netns(netns: str, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket created inside the network namespace at path ``netns`` (/proc/<pid>/ns/net).
+
+    A socket belongs to the namespace it was created in for life, so only its creation has
+    to happen there. setns() moves just the calling thread; a thread of our own does it, so
+    no thread of a pool (or the event loop's) can be left in the pod's namespace if
+    switching back were to fail: that thread ends right after.
+    """
+    out: dict[str, object] = {}
+
+    def work() -> None:
+        own = target = -1
+        try:
+            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+            target = os.open(netns, os.O_RDONLY)
+            setns(target, CLONE_NEWNET)
+            try:
+                out["sock"] = socket.socket(family, kind)
+            finally:
+                setns(own, CLONE_NEWNET)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            out["error"] = e
+        finally:
+            for fd in (own, target):
+                if fd >= 0:
+                    os.close(fd)
+
+    t = threading.Thread(target=work, name="netns-socket", daemon=True)
+    t.start()
+    t.join()  # microseconds: open, setns, socket, setns
+    if "error" in out:
+        sock = out.get("sock")
+        if isinstance(sock, socket.socket):
+            sock.close()
+        raise out["error"]  # type: ignore[misc]
+    return out["sock"]  # type: ignore[return-value]
+
+
+async def open_connection(netns: str | None, host: str, port: int) -> tuple[asyncio.StreamReader,
+                                                                             asyncio.StreamWriter]:
+    """asyncio.open_connection, from inside the network namespace at ``netns`` when given."""
+    if netns is None:
+        return await asyncio.open_connection(host, port)
+    sock = socket_in_netns(netns, socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)

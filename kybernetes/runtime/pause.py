@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -44,6 +45,58 @@ def reap_forever() -> None:
             signal.sigtimedwait({signal.SIGCHLD}, 3600)
         except InterruptedError:
             pass
+
+
+async def start(python: str, env: dict[str, str], hostname: str, kinds: list[str], owner: str) -> dict:
+    """Run a holder for namespaces ``kinds``: ``{"pid", "start"}`` of the process that holds them."""
+    import asyncio  # here, not at the top: the holder itself starts faster without it
+
+    from kybernetes.runtime.base import RuntimeServiceError
+
+    proc = await asyncio.create_subprocess_exec(
+        python, "-m", "kybernetes.runtime.pause", "--hostname", hostname, "--ns", ",".join(kinds),
+        "--owner", owner,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0 or not out.strip().isdigit():
+        raise RuntimeServiceError(
+            f"creating the pod's namespaces failed: {err.decode(errors='replace').strip()}",
+            reason="CreatePodSandboxError",
+        )
+    pid = int(out.strip())
+    return {"pid": pid, "start": nsutil.start_time(pid)}
+
+
+def kill_unrecorded(owner: str, sandboxes_dir: str) -> int:
+    """Kill the holders ``owner`` started whose sandbox was never recorded (``sandbox.json``
+    under ``sandboxes_dir`` names its holder): the runtime stopped half way through."""
+    known = set()
+    for sb in os.listdir(sandboxes_dir) if os.path.isdir(sandboxes_dir) else []:
+        try:
+            with open(os.path.join(sandboxes_dir, sb, "sandbox.json")) as f:
+                rec = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (rec.get("holder") or {}).get("pid"):
+            known.add(rec["holder"]["pid"])
+    killed = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"kybernetes.runtime.pause" in args and owner.encode() in args and int(entry) not in known:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -32,10 +31,9 @@ import struct
 import sys
 import termios
 import time
-from collections.abc import Callable
 from typing import Any
 
-from kybernetes.runtime import nsutil
+from kybernetes.runtime import nsutil, pause
 from kybernetes.runtime.base import (
     ContainerConfig,
     ContainerFilter,
@@ -66,42 +64,14 @@ from kybernetes.runtime.base import (
 )
 from kybernetes.runtime.cgroups import Cgroup, CgroupLimits, CgroupManager
 from kybernetes.runtime.logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE
-from kybernetes.runtime.shim import CLOSE_STDIN, EXIT, RESIZE, SOCKET_NAME, STDERR, STDIN, STDOUT, frame
+from kybernetes.runtime.shim import attach as shim_attach
+from kybernetes.runtime.shim import launch, observe, poll, read_json, running, write_json
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _NSEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsexec.py")
-
-
-def _load(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        # A missing file or one being replaced right now: treat as not written yet.
-        return None
-
-
-def _save(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
-async def _poll(cond: Callable[[], bool], timeout: float) -> bool:
-    """Wait for a condition on files or /proc, backing off up to 50 ms between looks."""
-    end = time.monotonic() + timeout
-    delay = 0.002
-    while True:
-        if cond():
-            return True
-        if time.monotonic() >= end:
-            return False
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def _notices(raw: list[dict]) -> list[Notice]:
@@ -144,7 +114,7 @@ def image_candidates(image: str) -> list[tuple[str, str]]:
     return [(n, tag) for n in dict.fromkeys(names)]
 
 
-class _ExecHandle(StreamHandle):
+class ExecHandle(StreamHandle):
     """A process started by exec: pipes, or a pty when a terminal was asked for."""
 
     def __init__(self, proc: asyncio.subprocess.Process, tty: bool, master: int | None) -> None:
@@ -202,7 +172,7 @@ class _ExecHandle(StreamHandle):
         code = await self.proc.wait()
         # A pty still has to deliver what the process wrote before it ended.
         if self.master is not None:
-            await _poll(self.stdout.at_eof, 1.0)
+            await poll(self.stdout.at_eof, 1.0)
         return 128 - code if code < 0 else code
 
     async def close(self) -> None:
@@ -219,60 +189,6 @@ class _ExecHandle(StreamHandle):
             except OSError:
                 pass
             self.master = None
-
-
-class _AttachHandle(StreamHandle):
-    """A connection to a running container's shim: its live output and its stdin."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tty: bool) -> None:
-        self.tty = tty
-        self._reader = reader
-        self._writer = writer
-        self.stdout = asyncio.StreamReader()
-        self.stderr = None if tty else asyncio.StreamReader()
-        self.exit_code: int | None = None
-        self._task = asyncio.get_running_loop().create_task(self._demux())
-
-    async def _demux(self) -> None:
-        try:
-            while True:
-                kind, n = struct.unpack(">BI", await self._reader.readexactly(5))
-                payload = await self._reader.readexactly(n) if n else b""
-                if kind == STDOUT:
-                    self.stdout.feed_data(payload)
-                elif kind == STDERR:
-                    (self.stderr or self.stdout).feed_data(payload)
-                elif kind == EXIT:
-                    self.exit_code = int(payload)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self.stdout.feed_eof()
-            if self.stderr is not None:
-                self.stderr.feed_eof()
-
-    async def write_stdin(self, data: bytes) -> None:
-        self._writer.write(frame(STDIN, data))
-        await self._writer.drain()
-
-    async def close_stdin(self) -> None:
-        self._writer.write(frame(CLOSE_STDIN, b""))
-        await self._writer.drain()
-
-    def resize(self, width: int, height: int) -> None:
-        self._writer.write(frame(RESIZE, f"{width} {height}".encode()))
-
-    async def wait(self) -> int | None:
-        await asyncio.shield(self._task)
-        return self.exit_code
-
-    async def close(self) -> None:
-        self._writer.close()
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
 
 
 class ProcessRuntime(Runtime):
@@ -328,28 +244,7 @@ class ProcessRuntime(Runtime):
     # -- paths and records ----------------------------------------------------------
     def kill_strays(self) -> int:
         """Kill pod holders this runtime started but never recorded (it stopped mid-creation)."""
-        known = set()
-        for sb in os.listdir(os.path.join(self.root, "sandboxes")) if os.path.isdir(
-                os.path.join(self.root, "sandboxes")) else []:
-            rec = _load(os.path.join(self.root, "sandboxes", sb, "sandbox.json")) or {}
-            if (rec.get("holder") or {}).get("pid"):
-                known.add(rec["holder"]["pid"])
-        killed = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    args = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"kybernetes.runtime.pause" in args and self.root.encode() in args and int(entry) not in known:
-                try:
-                    os.kill(int(entry), signal.SIGKILL)
-                    killed += 1
-                except ProcessLookupError:
-                    pass
-        return killed
+        return pause.kill_unrecorded(self.root, os.path.join(self.root, "sandboxes"))
 
     def _sdir(self, sid: str) -> str:
         return os.path.join(self.root, "sandboxes", sid)
@@ -358,13 +253,13 @@ class ProcessRuntime(Runtime):
         return os.path.join(self.root, "containers", cid)
 
     def _sandbox(self, sid: str) -> dict:
-        rec = _load(os.path.join(self._sdir(os.path.basename(sid)), "sandbox.json")) if sid else None
+        rec = read_json(os.path.join(self._sdir(os.path.basename(sid)), "sandbox.json")) if sid else None
         if rec is None:
             raise NotFoundError(f"pod sandbox {sid!r} not found")
         return rec
 
     def _container(self, cid: str) -> dict:
-        rec = _load(os.path.join(self._cdir(os.path.basename(cid)), "config.json")) if cid else None
+        rec = read_json(os.path.join(self._cdir(os.path.basename(cid)), "config.json")) if cid else None
         if rec is None:
             raise NotFoundError(f"container {cid!r} not found")
         return rec
@@ -433,20 +328,7 @@ class ProcessRuntime(Runtime):
                 notices.append(
                     Notice("NetworkNotConfigured", "the pod has its own network namespace with loopback only")
                 )
-            proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "kybernetes.runtime.pause", "--hostname", hostname, "--ns", ",".join(kinds),
-                "--owner", self.root,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=self._env(), start_new_session=True,
-            )
-            out, err = await proc.communicate()
-            if proc.returncode != 0 or not out.strip().isdigit():
-                raise RuntimeServiceError(
-                    f"creating the pod's namespaces failed: {err.decode(errors='replace').strip()}",
-                    reason="CreatePodSandboxError",
-                )
-            pid = int(out.strip())
-            holder = {"pid": pid, "start": nsutil.start_time(pid)}
+            holder = await pause.start(self.python, self._env(), hostname, kinds, self.root)
         cgroup = None
         if self.cgroups is not None:
             try:
@@ -466,7 +348,7 @@ class ProcessRuntime(Runtime):
             "cgroup": cgroup,
             "notices": [to_dict(n) for n in notices],
         }
-        _save(os.path.join(self._sdir(sid), "sandbox.json"), rec)
+        write_json(os.path.join(self._sdir(sid), "sandbox.json"), rec)
         for n in notices:
             if n.reason != "NoIsolation" and n.reason != "NoResourceLimits":
                 self._emit(RuntimeEvent(sid, n.reason, n.message, n.type))
@@ -489,10 +371,10 @@ class ProcessRuntime(Runtime):
                 os.kill(h["pid"], signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            await _poll(lambda: not nsutil.alive(h["pid"], h["start"]), 5.0)
+            await poll(lambda: not nsutil.alive(h["pid"], h["start"]), 5.0)
         if rec["state"] != SandboxState.NOTREADY.value:
             rec["state"] = SandboxState.NOTREADY.value
-            _save(os.path.join(self._sdir(rec["id"]), "sandbox.json"), rec)
+            write_json(os.path.join(self._sdir(rec["id"]), "sandbox.json"), rec)
 
     async def remove_pod_sandbox(self, sandbox_id: str) -> None:
         try:
@@ -609,7 +491,7 @@ class ProcessRuntime(Runtime):
             "notices": [to_dict(n) for n in notices],
             "launch": launch,
         }
-        _save(os.path.join(cdir, "config.json"), rec)
+        write_json(os.path.join(cdir, "config.json"), rec)
         for n in notices:
             if n.reason not in ("NoIsolation", "NoResourceLimits"):
                 self._emit(RuntimeEvent(cid, n.reason, n.message, n.type))
@@ -623,40 +505,10 @@ class ProcessRuntime(Runtime):
         sb = self._sandbox(rec["sandbox_id"])
         if not self._sandbox_ready(sb):
             raise StartError(f"pod sandbox {sb['id']} is not ready")
-        with open(os.path.join(cdir, "shim.log"), "ab") as shim_log:
-            proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "kybernetes.runtime.shim", cdir,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=shim_log,
-                env=self._env(), cwd="/",
-            )
-            # The shim detaches at once; this only collects the process we started.
-            code = await proc.wait()
-        shim_json = os.path.join(cdir, "shim.json")
-        shim_log = os.path.join(cdir, "shim.log")
-
-        def shim_crashed() -> bool:
-            # A traceback in the shim's log means it died before writing shim.json.
-            return os.path.getsize(shim_log) > 0 and b"Traceback" in open(shim_log, "rb").read()
-
-        ready = code == 0 and await _poll(lambda: os.path.exists(shim_json) or shim_crashed(), 30.0)
-        if not ready or not os.path.exists(shim_json):
-            with open(shim_log, errors="replace") as f:
-                detail = f.read()[-2000:]
-            _save(os.path.join(cdir, "exit.json"), {"exit_code": 128, "signal": None, "finished_at": time.time(),
-                                                     "oom_kills": 0, "start_error": f"shim failed: {detail}"})
-            raise StartError(f"container shim did not start: {detail.strip()}")
-        info = _load(shim_json) or {}
-        if "error" in info:
-            raise StartError(info["error"])
-
-    def _exit_status(self, rec: dict) -> dict | None:
-        return _load(os.path.join(self._cdir(rec["id"]), "exit.json"))
+        await launch(cdir, self.python, self._env())
 
     def _running_pid(self, rec: dict) -> tuple[int, int | None] | None:
-        shim = _load(os.path.join(self._cdir(rec["id"]), "shim.json"))
-        if shim and "pid" in shim and nsutil.alive(shim["pid"], shim["pid_start"]):
-            return shim["pid"], shim["pid_start"]
-        return None
+        return running(self._cdir(rec["id"]))
 
     async def container_status(self, container_id: str) -> ContainerStatus:
         rec = self._container(container_id)
@@ -668,39 +520,9 @@ class ProcessRuntime(Runtime):
             labels=cfg.labels, annotations=cfg.annotations, rootfs=rec.get("rootfs"),
             notices=_notices(rec.get("notices", [])),
         )
-        shim = _load(os.path.join(cdir, "shim.json"))
-        if shim and "started_at" in shim:
-            st.started_at = shim["started_at"]
-        ex = self._exit_status(rec)
-        if ex is None and shim is not None:
-            if nsutil.alive(shim.get("pid"), shim.get("pid_start")) or nsutil.alive(
-                shim.get("shim_pid"), shim.get("shim_start")
-            ):
-                st.state, st.pid = ContainerState.RUNNING, shim.get("pid")
-                return st
-            ex = self._exit_status(rec)  # it may have been written since the first look
-            if ex is None:
-                # Neither the process nor its shim survive and nobody recorded how it ended,
-                # e.g. the machine rebooted. Record it so the answer stays the same.
-                ex = {"exit_code": 255, "signal": None, "finished_at": time.time(), "oom_kills": 0,
-                      "lost": True}
-                _save(os.path.join(cdir, "exit.json"), ex)
-        if ex is None:
-            return st
-        st.state = ContainerState.EXITED
-        st.exit_code = ex["exit_code"]
-        st.finished_at = ex["finished_at"]
-        if ex.get("start_error"):
-            st.reason, st.message = "StartError", ex["start_error"]
-        elif ex.get("lost"):
-            st.reason = "Unknown"
-            st.message = "the container's process and its shim ended without recording an exit status"
-        elif ex.get("oom_kills"):
-            st.reason = "OOMKilled"
-        elif st.exit_code == 0:
-            st.reason = "Completed"
-        else:
-            st.reason = "Error"
+        seen = observe(cdir)
+        st.state, st.pid, st.started_at, st.finished_at = seen.state, seen.pid, seen.started_at, seen.finished_at
+        st.exit_code, st.reason, st.message = seen.exit_code, seen.reason, seen.message
         return st
 
     async def list_containers(self, filter: ContainerFilter | None = None) -> list[ContainerStatus]:
@@ -724,7 +546,7 @@ class ProcessRuntime(Runtime):
         if target is None:
             if (await self.container_status(rec["id"])).state == ContainerState.RUNNING:
                 # The shim is finishing its bookkeeping; let it.
-                await _poll(lambda: os.path.exists(exit_file), 5.0)
+                await poll(lambda: os.path.exists(exit_file), 5.0)
             return
         pid, started = target
         if timeout > 0:
@@ -732,7 +554,7 @@ class ProcessRuntime(Runtime):
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            if await _poll(lambda: os.path.exists(exit_file), timeout):
+            if await poll(lambda: os.path.exists(exit_file), timeout):
                 return
         if nsutil.alive(pid, started):
             try:
@@ -742,7 +564,7 @@ class ProcessRuntime(Runtime):
         cg = rec["launch"].get("cgroup")
         if cg:
             Cgroup.from_json(cg).kill_all()
-        if not await _poll(lambda: os.path.exists(exit_file), 10.0):
+        if not await poll(lambda: os.path.exists(exit_file), 10.0):
             await self.container_status(rec["id"])  # records a lost exit if the shim is gone too
 
     async def remove_container(self, container_id: str) -> None:
@@ -876,28 +698,26 @@ class ProcessRuntime(Runtime):
                 raise
             finally:
                 os.close(slave)
-            return _ExecHandle(proc, True, master)
+            return ExecHandle(proc, True, master)
         proc = await self._spawn_exec(container_id, cmd, PIPE if stdin else asyncio.subprocess.DEVNULL, PIPE, PIPE)
-        return _ExecHandle(proc, False, None)
+        return ExecHandle(proc, False, None)
 
     async def attach(self, container_id: str, *, stdin: bool = False) -> StreamHandle:
         rec = self._container(container_id)
         if self._running_pid(rec) is None:
             raise RuntimeServiceError(f"container {rec['id']} is not running", reason="ContainerNotRunning")
-        path = os.path.join(self._cdir(rec["id"]), SOCKET_NAME)
-        dirfd = None
-        if len(path) > 100:
-            # Too long for sockaddr_un: reach it through a short /proc/self/fd path.
-            dirfd = os.open(self._cdir(rec["id"]), os.O_RDONLY)
-            path = f"/proc/self/fd/{dirfd}/{SOCKET_NAME}"
-        try:
-            reader, writer = await asyncio.open_unix_connection(path)
-        except OSError as e:
-            raise RuntimeServiceError(f"attach to container {rec['id']} failed: {e}") from e
-        finally:
-            if dirfd is not None:
-                os.close(dirfd)
-        return _AttachHandle(reader, writer, bool(rec["launch"].get("tty")))
+        return await shim_attach(self._cdir(rec["id"]), rec["id"], bool(rec["launch"].get("tty")))
+
+    async def open_connection(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader,
+                                                                         asyncio.StreamWriter]:
+        rec = self._sandbox(sandbox_id)
+        h = rec.get("holder")
+        netns = None
+        if "net" in rec.get("namespaces", []):
+            if not (h and nsutil.alive(h["pid"], h["start"])):
+                raise RuntimeServiceError(f"pod sandbox {rec['id']} is not ready: its network namespace is gone")
+            netns = f"/proc/{h['pid']}/ns/net"
+        return await nsutil.open_connection(netns, "127.0.0.1", port)
 
 
 def _proc_usage(pid: int) -> tuple[int | None, int | None]:

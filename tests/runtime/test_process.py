@@ -248,6 +248,9 @@ async def test_pids_limit(runtime: ProcessRuntime) -> None:
 async def test_restarted_runtime_finds_and_stops_containers(runtime: ProcessRuntime) -> None:
     sid, cid = await run(runtime, "echo before; sleep 3600")
     pid = (await runtime.container_status(cid)).pid
+    # start_container returns once the process runs, maybe before it printed anything.
+    log_path = (await runtime.container_status(cid)).log_path
+    await poll(lambda: os.path.exists(log_path) and b"before" in open(log_path, "rb").read(), what="output")
     again = ProcessRuntime(runtime.root, cgroup_root=runtime.cgroups.root if runtime.cgroups else "kybernetes")
     st = await again.container_status(cid)
     assert (st.state, st.pid) == (ContainerState.RUNNING, pid)
