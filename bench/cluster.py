@@ -66,7 +66,7 @@ class Server:
         self.data = Path(tempfile.mkdtemp())
         self.port = free_port()
         args = [sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(self.data), "--port",
-                str(self.port), "--log-level", "warning"]
+                str(self.port), "--log-level", "warning", "--runtime", "process"]
         if disable:
             args += ["--disable", disable]
         self.log = open(self.data / "server.log", "wb")  # noqa: SIM115 - the server process owns it

@@ -92,7 +92,7 @@ class Cluster:
             args = KYB + ["--log-level", "info", "agent", "--server", f"https://127.0.0.1:{self.port}",
                           "--token", (self.data / "pki" / "join.token").read_text().strip(),
                           "--name", name, "--server-data-dir", str(self.data),
-                          "--data-dir", str(self.dir / name), "--kubelet-port", "0"]
+                          "--data-dir", str(self.dir / name), "--kubelet-port", "0", "--runtime", "process"]
         else:
             # One hollow node per process, so killing the process kills exactly one node.
             prefix = name[:-1]

@@ -1,4 +1,4 @@
-"""The `kyb` command: server, version.
+"""The `kyb` command: server, agent, image, killall, hollow-nodes, version.
 
 `kyb server` runs the control plane of a single-node cluster: the store, the
 API server over HTTPS and the built-in controllers, writing a kubeconfig that
@@ -102,7 +102,7 @@ async def run_server(args: argparse.Namespace) -> int:
         await scheduler.start()
     node = None
     if "kubelet" not in disabled:
-        # The embedded node, as k3s runs one: a kubelet on the process runtime.
+        # The embedded node, as k3s runs one: a kubelet on the node's container runtime.
         from ..client import Client
         node = await start_node(Client.in_process(api.handle), data, args, embedded_serving_context(pki, data, args))
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
@@ -196,9 +196,10 @@ async def _create_bootstrap_secret(secrets, token: str) -> None:
 class Node:
     """A kubelet, its runtime and its streaming server, started and stopped together."""
 
-    def __init__(self, kubelet, runtime, server, client, certs=None):
+    def __init__(self, kubelet, runtime, server, client, certs=None, images=None):
         self.kubelet, self.runtime, self.server, self.client = kubelet, runtime, server, client
         self.certs = certs
+        self.images = images
 
     async def stop(self) -> None:
         if self.certs is not None:
@@ -206,6 +207,8 @@ class Node:
         await self.kubelet.stop()
         await self.server.stop()
         await self.runtime.close()
+        if self.images is not None:
+            await self.images.close()
         await self.client.close()
 
 
@@ -223,23 +226,66 @@ def embedded_serving_context(pki, data: Path, args: argparse.Namespace):
     return serving_ssl_context(pki.ca_cert, crt, key)
 
 
+RUNTIMES = ("oci", "process", "fake")
+
+
+def choose_runtime(wanted: str) -> tuple[str, str]:
+    """(runtime name, why): ``auto`` is oci where runc can run containers, else process."""
+    if wanted != "auto":
+        return wanted, "as asked"
+    from ..runtime.oci import OciRuntime
+
+    ok, why = OciRuntime.available()
+    if ok:
+        return "oci", "runc is available"
+    return "process", f"the oci runtime is unavailable here: {why}"
+
+
+def open_images(data: Path, args: argparse.Namespace):
+    """The node's image service on its data dir, with its registries.yaml."""
+    from ..images.registries import load_registries
+    from ..images.service import ImageService
+
+    registries = getattr(args, "private_registry", "") or str(data / "registries.yaml")
+    return ImageService(str(data / "images"), registries_config=load_registries(registries))
+
+
+def make_runtime(kind: str, data: Path, images=None):
+    if kind == "oci":
+        from ..runtime.oci import OciRuntime
+        runtime = OciRuntime(str(data / "oci"), images)
+        # Holders and containers half-made when an earlier node process died mid-creation.
+        runtime.kill_strays()
+        return runtime
+    if kind == "fake":
+        from ..runtime.fake import FakeRuntime
+        return FakeRuntime()
+    from ..runtime.process import ProcessRuntime
+    return ProcessRuntime(str(data / "runtime"))
+
+
 async def start_node(client, data: Path, args: argparse.Namespace, ssl_context) -> Node:
     from ..kubelet import Kubelet, KubeletConfig
     from ..kubelet.server import KubeletServer
-    from ..runtime.process import ProcessRuntime
 
+    log = logging.getLogger("kybernetes.node")
     name = node_name(args)
     node_ip = args.node_ip
+    kind, why = choose_runtime(args.runtime)
+    images = open_images(data, args) if kind == "oci" else None
+    runtime = make_runtime(kind, data, images)
+    log.info("node %s: container runtime %s (%s)", name, kind, why)
     # The server learns the kubelet after it knows its port, which the Node object publishes.
     server = KubeletServer(None, node_ip, args.kubelet_port, ssl_context)
     await server.start()
-    runtime = ProcessRuntime(str(data / "runtime"))
     kubelet = Kubelet(client, runtime, KubeletConfig(
         node_name=name, root_dir=str(data / "kubelet"), host_ip=node_ip, port=server.port,
-        static_pod_path=str(data / "manifests")))
+        static_pod_path=str(data / "manifests"),
+        image_gc_high_threshold_percent=args.image_gc_high_threshold,
+        image_gc_low_threshold_percent=args.image_gc_low_threshold), images=images)
     server.kubelet = kubelet
     await kubelet.start()
-    return Node(kubelet, runtime, server, client)
+    return Node(kubelet, runtime, server, client, images=images)
 
 
 async def run_agent(args: argparse.Namespace) -> int:
@@ -284,13 +330,33 @@ async def run_killall(args: argparse.Namespace) -> int:
     from ..runtime.process import ProcessRuntime
 
     data = Path(args.data_dir).expanduser().resolve()
-    runtime = ProcessRuntime(str(data / "runtime"))
-    for sb in await runtime.list_pod_sandboxes():
-        await runtime.stop_pod_sandbox(sb.id)
-        await runtime.remove_pod_sandbox(sb.id)
-    runtime.kill_strays()
-    await runtime.close()
+    runtimes = [ProcessRuntime(str(data / "runtime"))]
+    if (data / "oci").is_dir():
+        from ..runtime.oci import OciRuntime
+        runtimes.append(OciRuntime(str(data / "oci"), open_images(data, args)))
+    for runtime in runtimes:
+        for sb in await runtime.list_pod_sandboxes():
+            await runtime.stop_pod_sandbox(sb.id)
+            await runtime.remove_pod_sandbox(sb.id)
+        kill_strays = getattr(runtime, "kill_strays", None)
+        if kill_strays is not None:
+            kill_strays()
+        await runtime.close()
     return 0
+
+
+def add_node_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the node side, shared by `kyb server` (its embedded node) and `kyb agent`."""
+    p.add_argument("--runtime", default=os.environ.get("KYB_RUNTIME", "auto"), choices=("auto", *RUNTIMES),
+                   help="container runtime: oci (runc and OCI images), process (host processes), fake; "
+                        "auto (default, or $KYB_RUNTIME) is oci where runc works, else process")
+    p.add_argument("--private-registry", default="",
+                   help="registries.yaml (mirrors, endpoints, TLS, auth; the k3s format); default "
+                        "<data-dir>/registries.yaml")
+    p.add_argument("--image-gc-high-threshold", type=int, default=85,
+                   help="disk usage percent of the image filesystem above which unused images are removed")
+    p.add_argument("--image-gc-low-threshold", type=int, default=80,
+                   help="disk usage percent image garbage collection brings the image filesystem down to")
 
 
 async def run_hollow_nodes(args: argparse.Namespace) -> int:
@@ -335,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
                    choices=["debug", "info", "warning", "error"])
+    add_node_flags(s)
     h = sub.add_parser("hollow-nodes", help="register simulated nodes that run pods without running anything")
     h.add_argument("--count", type=int, required=True)
     h.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or str(default_data_dir() / "kubeconfig"))
@@ -358,8 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--data-dir", default=str(default_data_dir() / "agent"))
     ag.add_argument("--node-ip", default="127.0.0.1")
     ag.add_argument("--kubelet-port", type=int, default=10250)
+    add_node_flags(ag)
     k = sub.add_parser("killall", help="stop every pod a data dir's node runs")
     k.add_argument("--data-dir", default=str(default_data_dir()))
+    k.add_argument("--private-registry", default="")
+    from .image import add_image_parser
+    add_image_parser(sub, default_data_dir())
     sub.add_parser("version", help="print the version")
     args = p.parse_args(argv)
     level = getattr(args, "log_level_sub", None) or args.log_level
@@ -371,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_agent(args))
     if args.cmd == "killall":
         return asyncio.run(run_killall(args))
+    if args.cmd == "image":
+        from .image import run_image
+        return asyncio.run(run_image(args))
     if args.cmd == "hollow-nodes":
         return asyncio.run(run_hollow_nodes(args))
     if args.cmd == "server":

@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int):
+    def __init__(self, data_dir: Path, port: int, extra_args: list[str] | None = None):
         self.data_dir = data_dir
         self.port = port
+        self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen | None = None
         self.kubeconfig = data_dir / "kubeconfig"
         self.log = data_dir / "server.log"
@@ -37,7 +38,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(self.data_dir),
              "--port", str(self.port), "--kubelet-port", "0",
-             "--log-level", os.environ.get("KYB_TEST_LOG_LEVEL", "info")],
+             "--log-level", os.environ.get("KYB_TEST_LOG_LEVEL", "info"), *self.extra_args],
             stdout=logf, stderr=logf)
         deadline = t0 + timeout
         while time.monotonic() < deadline:
@@ -48,7 +49,8 @@ class Server:
             time.sleep(0.02)
         raise RuntimeError("server not ready:\n" + self.log.read_text())
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> int | None:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0, killall: bool = True) -> int | None:
+        """Stop the server; with ``killall`` (the default) also every pod its node left running."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -60,6 +62,8 @@ class Server:
                 self.proc.wait()
         rc = self.proc.returncode
         self.proc = None
+        if not killall:
+            return rc
         # Kubelets leave pods running when they exit; a test leaves nothing behind.
         subprocess.run([sys.executable, "-m", "kybernetes.cli.main", "killall", "--data-dir", str(self.data_dir)],
                        capture_output=True, timeout=60, check=False)
