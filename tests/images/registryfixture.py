@@ -310,6 +310,8 @@ class FakeRegistry:
     corrupt: set[str] = field(default_factory=set)  # digests served with wrong bytes
     fail: dict[str, int] = field(default_factory=dict)  # digest -> number of 500s before serving
     gate: asyncio.Event | None = None  # when set(), blob responses wait for it
+    # digest -> event: downloads send half the blob, then hang until the event is set
+    stall: dict[str, asyncio.Event] = field(default_factory=dict)
 
     manifests: dict[tuple[str, str], tuple[str, bytes]] = field(default_factory=dict)
     blobs: dict[str, bytes] = field(default_factory=dict)
@@ -501,6 +503,12 @@ class FakeRegistry:
             await resp.write(body[: len(body) // 2])
             assert request.transport is not None
             request.transport.close()  # mid-body: the client sees a truncated payload
+            return resp
+        if digest in self.stall and not self.stall[digest].is_set():
+            await resp.write(body[: len(body) // 2])
+            await self.stall[digest].wait()
+            await resp.write(body[len(body) // 2:])
+            await resp.write_eof()
             return resp
         await resp.write(body)
         await resp.write_eof()
