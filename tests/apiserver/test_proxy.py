@@ -115,6 +115,10 @@ class FakeKubelet:
     def find_container(self, ns: str, pod: str, container: str):
         return self.containers.get((ns, pod, container))
 
+    async def port_forward(self, ns: str, pod: str, port: int):
+        # These pods share the node's network, as the process runtime's do.
+        return await asyncio.open_connection("127.0.0.1", port)
+
 
 def wire(api: APIServer, tokens: TokenAuth) -> web.Application:
     """The front door with the proposed wiring: upgrades to proxy.handle_upgrade, pods/log to pod_log."""
