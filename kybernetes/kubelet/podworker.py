@@ -297,6 +297,10 @@ class PodWorker:
             rec.image_ref = rec.image_id = st.image
             rec.restart_count = int(st.annotations.get(ANNOTATION_RESTARTS, "0") or 0)
             self.kubelet.own(st.id, self)
+        # Probes live in the kubelet, not the runtime: an adopted container needs them again.
+        for rec in self._app_records():
+            if rec.status is not None and rec.status.state == ContainerState.RUNNING and not rec.probes:
+                self._start_probes(rec)
 
     async def _refresh(self) -> None:
         for rec in self.containers.values():

@@ -90,6 +90,30 @@ async def test_readiness_flips_ready(client: Client, make_kubelet, tmp_path: Pat
     assert s["containerStatuses"][0]["restartCount"] == 0
 
 
+async def test_probes_run_again_for_containers_a_restarted_kubelet_adopts(client: Client, make_kubelet,
+                                                                         tmp_path: Path) -> None:
+    k1 = await make_kubelet("process")
+    flag = tmp_path / "ready"
+    flag.write_text("")
+    probe = {"exec": {"command": ["sh", "-c", f"test -e {flag}"]}, "periodSeconds": 1}
+    await client.resource("v1", "pods").create(pod("adopted", [sh("c", "exec sleep 1000", readinessProbe=probe)]))
+
+    async def ready_is(value: str) -> bool:
+        s = await status_of(client, "adopted")
+        return s.get("phase") == "Running" and cond(s, "Ready") == value
+
+    await eventually(lambda: ready_is("True"), 10, "ready")
+    cid = (await status_of(client, "adopted"))["containerStatuses"][0]["containerID"]
+    await k1.stop()
+    await make_kubelet("process")  # a new kubelet (and runtime object) on the same state
+    flag.unlink()
+    await eventually(lambda: ready_is("False"), 10, "the adopted container's probe failing")
+    flag.write_text("")
+    await eventually(lambda: ready_is("True"), 10, "ready again")
+    s = await status_of(client, "adopted")
+    assert (s["containerStatuses"][0]["containerID"], s["containerStatuses"][0]["restartCount"]) == (cid, 0)
+
+
 @needs_cgroups
 async def test_memory_hog_is_oom_killed(client: Client, make_kubelet) -> None:
     await make_kubelet("process")
