@@ -132,6 +132,7 @@ class ContainerRecord:
     kill_reason: str = ""
     image_ref: str = ""  # what the runtime was given: the image's id in the node's image store
     image_id: str = ""  # what status.imageID shows: the repo digest where there is one
+    create_failed_at: float = 0.0  # when the runtime last refused to create it (for the back-off)
 
     @property
     def name(self) -> str:
@@ -477,6 +478,11 @@ class PodWorker:
         c = rec.spec
         fp = self._field_path(rec)
         attempt = rec.restart_count + 1 if rec.container_id is not None else rec.restart_count
+        create_key = f"{self.uid}/{rec.name}/create"
+        if rec.waiting is not None and rec.waiting[0] == "CreateContainerError":
+            # Upstream backs off failed creations as it does crash loops (10 s doubling to 5 min).
+            if self.kubelet.backoff.in_backoff_since(create_key, rec.create_failed_at) > 0:
+                return
         image = c.get("image", "")
         k.pulling(image, self)
         pulled = await k.image_manager.ensure(self.pod, c, self.wake, fp)
@@ -541,6 +547,9 @@ class PodWorker:
         except RuntimeServiceError as e:
             rec.waiting = ("CreateContainerError", str(e))
             k.event(self.pod, "Warning", "Failed", f"Error: {e}", field_path=fp)
+            k.backoff.next(create_key)
+            rec.create_failed_at = time.time()
+            asyncio.get_running_loop().call_later(k.backoff.current(create_key) + 0.01, self.wake)
             return
         k.own(cid, self)
         k.flush_runtime_events()

@@ -3,6 +3,7 @@ volumes and graceful deletion."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from pathlib import Path
@@ -201,3 +202,22 @@ async def test_graceful_delete_runs_prestop_then_sigterm(client: Client, make_ku
     await eventually(gone, 10, "pod object deleted")
     assert pre.read_text() == "pre\n"
     assert term.read_text() == "term\n"
+
+
+@needs_process
+async def test_failed_creation_backs_off(client: Client, make_kubelet) -> None:
+    await make_kubelet("process")
+    # The process runtime cannot create a container without a command: a CreateContainerError.
+    await client.resource("v1", "pods").create(pod("nocmd", [{"name": "c", "image": "busybox"}]))
+
+    async def failures() -> int:
+        return sum(e.get("count", 1) for e in await events_for(client, "nocmd")
+                   if e["reason"] == "Failed" and "no command" in e["message"])
+
+    await eventually(failures, 10, "a CreateContainerError")
+    await asyncio.sleep(2.5)  # the window the retries are counted over, not a synchronisation
+    # Sync runs every 0.05 s here; with the back-off (0.3 s doubling to 1.2 s) a handful of tries.
+    n = await failures()
+    assert 2 <= n <= 6, n
+    s = await status_of(client, "nocmd")
+    assert s["containerStatuses"][0]["state"]["waiting"]["reason"] == "CreateContainerError"
