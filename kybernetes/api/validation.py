@@ -11,7 +11,7 @@ Messages follow apimachinery's field.Error wording so kubectl prints what users
 know. Adding a kind is a few lines: a validator in VALIDATORS, a defaulter in
 DEFAULTERS, its name rule in NAME_RULES.
 
-Left to the server on purpose: clusterIP / nodePort allocation (and ipFamilies),
+Left to the server on purpose: clusterIP / nodePort allocation (and ipFamilies, ipFamilyPolicy),
 the generated Job selector and `controller-uid` / `batch.kubernetes.io/job-name`
 template labels, generateName expansion, the service-account token volume.
 """
@@ -1297,8 +1297,10 @@ def _validate_service(obj: dict, old: dict | None) -> list[FieldError]:
     cluster_ip = spec.get("clusterIP") or ""
     headless = cluster_ip == "None"
     ports = _l(spec.get("ports"))
+    old_spec = _d(_d(old).get("spec"))
     if stype == "ExternalName":
-        if cluster_ip:
+        # A type change wipes an address the writer left as it was (the allocator does, later).
+        if cluster_ip and cluster_ip != (old_spec.get("clusterIP") or ""):
             errs.append(forbidden("spec.clusterIP", "may not be set for ExternalName services"))
         ext = spec.get("externalName") or ""
         if not ext:
@@ -1315,6 +1317,10 @@ def _validate_service(obj: dict, old: dict | None) -> list[FieldError]:
                                 "2001:db8::ffff)"))
     names: set[str] = set()
     seen: set[tuple[Any, Any]] = set()
+    # Node ports a type change leaves as they were are wiped (by the allocator), not refused.
+    old_node_ports = {_d(p).get("nodePort") for p in _l(old_spec.get("ports"))} \
+        if old_spec.get("type") in ("NodePort", "LoadBalancer") else set()
+    carried = {_d(p).get("nodePort") for p in ports if _d(p).get("nodePort")} <= old_node_ports
     for i, port in enumerate(ports):
         port = _d(port)
         p = f"spec.ports[{i}]"
@@ -1337,7 +1343,8 @@ def _validate_service(obj: dict, old: dict | None) -> list[FieldError]:
         node_port = port.get("nodePort")
         if node_port:
             if stype not in ("NodePort", "LoadBalancer"):
-                errs.append(forbidden(f"{p}.nodePort", f"may not be used when `type` is '{stype}'"))
+                if not carried:
+                    errs.append(forbidden(f"{p}.nodePort", f"may not be used when `type` is '{stype}'"))
             else:
                 errs.extend(invalid(f"{p}.nodePort", node_port, m) for m in is_valid_port_num(node_port))
         key = (port.get("port"), port.get("protocol"))
@@ -1362,7 +1369,6 @@ def _validate_service(obj: dict, old: dict | None) -> list[FieldError]:
     for i, fam in enumerate(_l(spec.get("ipFamilies"))):
         errs.extend(_enum(fam, f"spec.ipFamilies[{i}]", ["IPv4", "IPv6"]))
     if old is not None:
-        old_spec = _d(old.get("spec"))
         old_ip = old_spec.get("clusterIP") or ""
         both_headless = headless and old_ip == "None"
         if ("ExternalName" not in (stype, old_spec.get("type"))) and not both_headless and old_ip \
@@ -2062,8 +2068,8 @@ def _default_service(obj: dict) -> None:
     if stype in ("ClusterIP", "NodePort", "LoadBalancer"):
         if spec.get("internalTrafficPolicy") is None:
             spec["internalTrafficPolicy"] = "Cluster"
-        if spec.get("ipFamilyPolicy") is None:
-            spec["ipFamilyPolicy"] = "SingleStack"
+        # ipFamilyPolicy has no static default: the server infers it when allocating (an update
+        # keeps the stored one), as upstream's does.
     if stype == "LoadBalancer" and spec.get("allocateLoadBalancerNodePorts") is None:
         spec["allocateLoadBalancerNodePorts"] = True
 

@@ -1,8 +1,9 @@
 """Built-in admission: what the server decides about an object beyond its own validity.
 
 NamespaceLifecycle (content needs an existing, non-terminating namespace;
-the boot namespaces cannot be deleted), the Service allocators (a cluster
-IP from the service CIDR, node ports from 30000-32767) and ServiceAccount
+the boot namespaces cannot be deleted), the Service allocators (cluster IPs
+from the service CIDRs, one per IP family, and node ports from 30000-32767:
+the rules live in ipalloc.py, what is in use and in flight here) and ServiceAccount
 (a new pod's service account must exist; its API token is mounted) live
 here. Each step reads cluster state from the watch cache, never from
 another component.
@@ -11,8 +12,9 @@ another component.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import copy
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -20,10 +22,19 @@ import orjson
 from ..api import errors
 from ..api.kinds import Kind
 from ..api.storage import ANN_BETA_CLASS, is_default_class
+from .ipalloc import (
+    DEFAULT_SERVICE_CIDR,
+    NODE_PORT_RANGE,
+    AddressTaken,
+    ServiceAllocator,
+    kubernetes_service_ip,
+    service_addresses,
+)
 from .watchcache import WatchCache
 
+__all__ = ["Admission", "Reservation", "kubernetes_service_ip"]
+
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
-NODE_PORT_RANGE = (30000, 32767)
 SA_TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 SA_VOLUME_PREFIX = "kube-api-access-"
 # What the kubelet asks for the mounted token: a little over an hour, refreshed well before.
@@ -39,12 +50,15 @@ class Reservation:
 
 
 class Admission:
-    def __init__(self, cache: WatchCache, service_cidr: str = "10.96.0.0/12", service_accounts: bool = False):
+    def __init__(self, cache: WatchCache, service_cidr: str | Sequence[str] = DEFAULT_SERVICE_CIDR,
+                 service_accounts: bool = False):
+        """service_cidr: one CIDR or an IPv4,IPv6 pair ("a,b" or a list); ValueError if malformed."""
         self.cache = cache
         # The ServiceAccount plugin; off for a bare API server whose namespaces nobody gives a
         # default service account (no controller manager), as upstream's would reject every pod.
         self.service_accounts = service_accounts
-        self.service_net = ipaddress.ip_network(service_cidr)
+        self.services = ServiceAllocator(service_cidr, NODE_PORT_RANGE)
+        self._service_addresses: dict[str, tuple[int, frozenset[str], frozenset[int]]] = {}
         self._lock = asyncio.Lock()
         # Allocated by writes in flight: not yet in the cache, and released
         # (see release) once the write failed or the cache shows it.
@@ -168,130 +182,46 @@ class Admission:
     # ------------------------------------------------------------ services
 
     def _used(self) -> tuple[set[str], set[int]]:
+        """Cluster IPs and node ports held by stored Services or taken by writes in flight."""
         ips: set[str] = set(self._recent_ips)
         ports: set[int] = set(self._recent_ports)
-        for e in self.cache.cache("/registry/services/").objects.values():
-            svc = orjson.loads(e.raw)
-            spec = svc.get("spec") or {}
-            for ip in spec.get("clusterIPs") or ([spec["clusterIP"]] if spec.get("clusterIP") else []):
-                ips.add(ip)
-            for p in spec.get("ports") or []:
-                if p.get("nodePort"):
-                    ports.add(p["nodePort"])
+        seen: dict[str, tuple[int, frozenset[str], frozenset[int]]] = {}
+        for key, e in self.cache.cache("/registry/services/").objects.items():
+            # Parse each stored version once, not once per allocation.
+            got = self._service_addresses.get(key)
+            if got is None or got[0] != e.rv:
+                got = (e.rv, *service_addresses(orjson.loads(e.raw)))
+            seen[key] = got
+            ips |= got[1]
+            ports |= got[2]
+        self._service_addresses = seen
         return ips, ports
 
     async def _allocate_service(self, svc: dict, old: dict | None) -> Reservation:
-        spec = svc.setdefault("spec", {})
-        typ = spec.get("type", "ClusterIP")
-        res = Reservation()
+        if old is not None and svc.get("spec") == old.get("spec"):
+            # A status or metadata write (servicelb, labels): no address changes hands.
+            self.services.prepare(svc, old, set(), set())
+            return Reservation()
+        original = copy.deepcopy(svc)
+        own_ips, own_ports = service_addresses(old) if old is not None else (frozenset(), frozenset())
         async with self._lock:
-            used_ips, used_ports = self._used()
-            asked_ip = spec.get("clusterIP")
-            asked_ports = [p.get("nodePort") for p in spec.get("ports") or [] if isinstance(p, dict)]
-            if old is None and (asked_ip not in (None, "", "None") and asked_ip in used_ips
-                                or any(p in used_ports for p in asked_ports if p)):
-                # A requested address looks taken; the cache may just not have
-                # seen the delete that freed it yet.
-                await self.cache.fresh()
+            for attempt in (1, 2):
                 used_ips, used_ports = self._used()
-            old_spec = (old or {}).get("spec") or {}
-            if old is not None:
-                for ip in old_spec.get("clusterIPs") or []:
-                    used_ips.discard(ip)
-                for p in old_spec.get("ports") or []:
-                    used_ports.discard(p.get("nodePort"))
-            if typ == "ExternalName":
-                spec.pop("clusterIP", None)
-                spec.pop("clusterIPs", None)
-            elif old is not None and old_spec.get("clusterIP") and not spec.get("clusterIP"):
-                spec["clusterIP"] = old_spec["clusterIP"]
-                spec["clusterIPs"] = old_spec.get("clusterIPs") or [old_spec["clusterIP"]]
-            elif old is not None and old_spec.get("clusterIP") and spec.get("clusterIP") != old_spec["clusterIP"]:
-                raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
-                    "spec.clusterIPs[0]", spec.get("clusterIP"), "may not change once set")])
-            elif spec.get("clusterIP") == "None":
-                spec["clusterIPs"] = ["None"]
-            elif spec.get("clusterIP"):
-                ip = spec["clusterIP"]
                 try:
-                    addr = ipaddress.ip_address(ip)
-                except ValueError:
-                    raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
-                        "spec.clusterIPs[0]", ip, "must be a valid IP address")]) from None
-                if addr not in self.service_net:
-                    raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
-                        "spec.clusterIPs[0]", ip, f"provided IP is not in the valid range. The range of valid "
-                                                  f"IPs is {self.service_net}")])
-                if old is None and ip in used_ips:
-                    raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
-                        "spec.clusterIPs[0]", ip, "provided IP is already allocated")])
-                spec["clusterIPs"] = [ip]
-                if ip not in (old_spec.get("clusterIPs") or []):
-                    res.ips.add(ip)
-            else:
-                ip = self._free_ip(used_ips)
-                if ip is None:
-                    # Full as far as the cache knows; it may not have seen
-                    # the deletes that just freed some addresses.
+                    ips, ports = self.services.prepare(svc, old, used_ips - own_ips, used_ports - own_ports)
+                    break
+                except AddressTaken:
+                    if attempt == 2:
+                        raise
+                    # Taken or full as far as the cache knows; it may not have seen the
+                    # deletes that just freed some addresses.
                     await self.cache.fresh()
-                    ip = self._free_ip(self._used()[0])
-                if ip is None:
-                    raise errors.StatusError(500, "InternalError", "Internal error occurred: failed to allocate a "
-                                             "serviceIP: range is full")
-                spec["clusterIP"] = ip
-                spec["clusterIPs"] = [ip]
-                res.ips.add(ip)
-            if typ != "ExternalName" and spec.get("clusterIP") != "None":
-                spec.setdefault("ipFamilies", ["IPv6" if ":" in spec["clusterIP"] else "IPv4"])
-                spec.setdefault("ipFamilyPolicy", "SingleStack")
-            if typ in ("NodePort", "LoadBalancer"):
-                old_ports = {(p.get("port"), p.get("protocol", "TCP")): p.get("nodePort")
-                             for p in old_spec.get("ports") or []}
-                for p in spec.get("ports") or []:
-                    if not p.get("nodePort"):
-                        keep = old_ports.get((p.get("port"), p.get("protocol", "TCP")))
-                        p["nodePort"] = keep or self._free_port(used_ports)
-                    elif old is None and p["nodePort"] in used_ports:
-                        raise errors.invalid_object("Service", "", svc["metadata"]["name"], [errors.invalid(
-                            "spec.ports[0].nodePort", p["nodePort"], "provided port is already allocated")])
-                    if p["nodePort"] not in old_ports.values():
-                        res.ports.add(p["nodePort"])
-                    used_ports.add(p["nodePort"])
-            else:
-                for p in spec.get("ports") or []:
-                    p.pop("nodePort", None)
+                    svc.clear()
+                    svc.update(copy.deepcopy(original))
+            res = Reservation(ips=ips, ports=ports)
             self._recent_ips |= res.ips
             self._recent_ports |= res.ports
-        if typ == "LoadBalancer":
-            svc.setdefault("status", {}).setdefault("loadBalancer", {})
         return res
-
-    def _free_ip(self, used: set[str]) -> str | None:
-        net = self.service_net
-        size = net.num_addresses
-        # The first address of the range is reserved for the "kubernetes" service.
-        for _ in range(2000):
-            off = random.randrange(2, max(3, size - 1))
-            ip = str(net.network_address + off)
-            if ip not in used:
-                return ip
-        for off in range(2, size - 1):
-            ip = str(net.network_address + off)
-            if ip not in used:
-                return ip
-        return None
-
-    def _free_port(self, used: set[int]) -> int:
-        lo, hi = NODE_PORT_RANGE
-        for _ in range(2000):
-            p = random.randint(lo, hi)
-            if p not in used:
-                return p
-        for p in range(lo, hi + 1):
-            if p not in used:
-                return p
-        raise errors.StatusError(500, "InternalError", "Internal error occurred: failed to allocate a nodePort: "
-                                 "range is full")
 
 
 def _mount_token(spec: dict) -> None:
@@ -322,9 +252,3 @@ def _mount_token(spec: dict) -> None:
                 {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1",
                                                                              "fieldPath": "metadata.namespace"}}]}},
             ]}}]
-
-
-def kubernetes_service_ip(service_cidr: str) -> str:
-    return str(ipaddress.ip_network(service_cidr).network_address + 1)
-
-

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -32,7 +33,8 @@ from . import serviceaccounts as sa_api
 from .endpoints import KubernetesEndpoints
 from .metrics import Metrics
 from . import metrics as metrics_api
-from .admission import Admission, kubernetes_service_ip
+from .admission import Admission
+from .ipalloc import DEFAULT_SERVICE_CIDR, kubernetes_service_ip, parse_cidrs
 from .request import Request, Response
 from .rest import REST, ListOptions, decode_body
 from .watchcache import WatchCache
@@ -52,21 +54,26 @@ def _status_ok(details: dict[str, Any] | None = None) -> bytes:
 
 
 class APIServer:
-    def __init__(self, store: Store, *, registry: Registry | None = None, service_cidr: str = "10.96.0.0/12",
+    def __init__(self, store: Store, *, registry: Registry | None = None,
+                 service_cidr: str | Sequence[str] = DEFAULT_SERVICE_CIDR,
                  advertise: str = "127.0.0.1:6443", watch_cache_window: int = 10000,
                  bookmark_interval: float = 30.0, service_account_key: bytes | None = None,
                  service_account_admission: bool = False):
-        """watch_cache_window: events kept per resource for watches to resume from;
+        """service_cidr: the Service address range, one CIDR or a dual-stack IPv4,IPv6 pair ("a,b" or a
+        list, the primary family first); ValueError if malformed;
+        watch_cache_window: events kept per resource for watches to resume from;
         bookmark_interval: seconds of quiet after which a watch asking for bookmarks gets one;
         service_account_key: PEM private key signing service account tokens (a per-process one if None);
         service_account_admission: default and check pods' service accounts and mount their tokens
         (needs a controller manager that gives every namespace its default service account)."""
         self.store = store
         self.registry = registry or builtin_registry()
-        self.service_cidr = service_cidr
+        # The parsed ranges, primary first; service_cidr is their canonical "a,b" spelling.
+        self.service_cidrs = parse_cidrs(service_cidr)
+        self.service_cidr = ",".join(str(n) for n in self.service_cidrs)
         self.advertise = advertise
         self.cache = WatchCache(store, window=watch_cache_window, fields_for=self._fields_for)
-        self.admission = Admission(self.cache, service_cidr, service_accounts=service_account_admission)
+        self.admission = Admission(self.cache, self.service_cidrs, service_accounts=service_account_admission)
         # Who may do what: nothing is restricted yet (see authorization.py).
         self.authorizer: authz_api.Authorizer = authz_api.AlwaysAllow()
         self.service_accounts = sa_api.ServiceAccountTokens(store, self.cache, self.registry,

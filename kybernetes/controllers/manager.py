@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from ..client import Client
 from ..client.informer import SharedInformers
@@ -30,10 +32,12 @@ from .hpa import HorizontalPodAutoscalerController
 from .garbagecollector import GarbageCollector
 from .job import JobController
 from .namespace import NamespaceController
+from .nodeipam import NodeIPAMController
 from .nodelifecycle import NodeLifecycleController
 from .persistentvolume import PersistentVolumeController
 from .replicaset import ReplicaSetController
 from .serviceaccount import RootCACertPublisher, ServiceAccountController, TokensController
+from .servicelb import ServiceLBController
 from .statefulset import StatefulSetController
 
 log = logging.getLogger("kybernetes.controllers")
@@ -43,14 +47,21 @@ class ControllerManager:
     def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]], *,
                  node_monitor_grace_period: float = 40.0, root_ca: str = "",
                  storage_dir: str | None = None, cluster_signing_key: str = "",
-                 service_account_key: str = ""):
+                 service_account_key: str = "", cluster_cidrs: str | Sequence[str] | None = None,
+                 node_cidr_mask_size_ipv4: int = 24, node_cidr_mask_size_ipv6: int = 64,
+                 service_cidrs: str | Sequence[str] = (), servicelb: bool = True,
+                 lb_pools: str | Sequence[str] | None = None):
         """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage;
         root_ca: the cluster CA (PEM) published to every namespace as kube-root-ca.crt (none if empty);
         storage_dir: where the local-path provisioner makes volumes (no provisioning if None);
         cluster_signing_key: the CA's private key (PEM): with root_ca, it signs approved
         CertificateSigningRequests (no signing if empty);
         service_account_key: the API server's service-account signing key (PEM): it signs the
-        long-lived tokens of kubernetes.io/service-account-token Secrets (none filled in if empty)."""
+        long-lived tokens of kubernetes.io/service-account-token Secrets (none filled in if empty);
+        cluster_cidrs: the pod network, one CIDR or an IPv4,IPv6 pair ("a,b" or a list): nodes get
+        spec.podCIDRs of the node mask sizes from it (no node IPAM if None), avoiding service_cidrs;
+        servicelb: give LoadBalancer Services addresses, from lb_pools (CIDRs or "a-b" ranges) if
+        given, else the nodes' own, as k3s's servicelb."""
         self.client = client
         client.shared_informers = SharedInformers()
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
@@ -74,11 +85,21 @@ class ControllerManager:
                                               BootstrapSigner(client), TokenCleaner(client),
                                               *([CSRSigningController(client, root_ca.encode(),
                                                                       cluster_signing_key.encode())]
-                                                if root_ca and cluster_signing_key else [])]
+                                                if root_ca and cluster_signing_key else []),
+                                              *([NodeIPAMController(client, cluster_cidrs,
+                                                                    node_cidr_mask_size_ipv4=node_cidr_mask_size_ipv4,
+                                                                    node_cidr_mask_size_ipv6=node_cidr_mask_size_ipv6,
+                                                                    service_cidrs=service_cidrs)]
+                                                if cluster_cidrs else []),
+                                              *([ServiceLBController(client, pools=lb_pools)]
+                                                if servicelb else [])]
 
     @classmethod
-    def in_process(cls, api, **options: float | str) -> ControllerManager:
+    def in_process(cls, api, **options: Any) -> ControllerManager:
         client = Client.in_process(api.handle)
+        if options.get("cluster_cidrs"):
+            # Pod CIDRs never overlap the Service ranges this API server hands out.
+            options.setdefault("service_cidrs", api.service_cidr)
         seen: set[str] = set()
         resources = []
         for k in api.registry.kinds:

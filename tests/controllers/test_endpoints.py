@@ -63,7 +63,7 @@ async def running_pod(client: Client, name: str, labels: dict[str, str], ips: li
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[tuple[Client, EndpointsController]]:
-    api = await start_api(tmp_path)
+    api = await start_api(tmp_path, service_cidr="10.96.0.0/12,fd00:10:96::/112")
     client = Client.in_process(api.handle)
     ctrl = EndpointsController(Client.in_process(api.handle))
     await ctrl.start()

@@ -31,7 +31,7 @@ NS = "default"
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[tuple[Client, EndpointSliceController]]:
-    api = await start_api(tmp_path)
+    api = await start_api(tmp_path, service_cidr="10.96.0.0/12,fd00:10:96::/112")
     client = Client.in_process(api.handle)
     await client.resource("v1", "nodes", namespaced=False).create(
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1", "labels": {ZONE_LABEL: "zone-a"}}})

@@ -24,6 +24,7 @@ import dns.rrset
 import pytest
 
 from kybernetes.client import Client
+from tests.apiserver.conftest import start_api, stop_api
 from kybernetes.network.dns import (
     ClusterDNS,
     ensure_kube_dns_service,
@@ -278,17 +279,27 @@ async def test_names_are_case_insensitive_and_keep_the_askers_case(server: Clust
             assert (r.edns >= 0) == edns
 
 
-async def test_dual_stack_cluster_ips(server: ClusterDNS, client: Client) -> None:
-    """A and AAAA by family; asks for both addresses, and checks what the API server kept."""
-    created = await services(client).create(svc("dual", ipFamilyPolicy="PreferDualStack",
-                                                ipFamilies=["IPv4", "IPv6"],
-                                                clusterIPs=["10.96.7.7", "fd00:10:96::7"],
-                                                clusterIP="10.96.7.7"), "default")
-    stored = created["spec"].get("clusterIPs") or [created["spec"]["clusterIP"]]
-    r = await answered(server, "dual.default.svc.cluster.local")
-    assert values(r, A) == [ip for ip in stored if ":" not in ip]
-    r = await ask(server, "dual.default.svc.cluster.local", AAAA)
-    assert values(r, AAAA) == [ip for ip in stored if ":" in ip]
+async def test_dual_stack_cluster_ips(tmp_path, upstream: FakeUpstream) -> None:
+    """A and AAAA by family, on a dual-stack cluster (the shared fixture's is single-stack)."""
+    (tmp_path / "dual").mkdir()
+    api = await start_api(tmp_path / "dual", service_cidr="10.96.0.0/12,fd00:10:96::/112")
+    client = Client.in_process(api.handle)
+    server = ClusterDNS(client, listen=[("127.0.0.1", 0)], upstreams=[f"127.0.0.1:{upstream.port}"],
+                        upstream_timeout=1.0)
+    await server.start()
+    try:
+        created = await services(client).create(svc("dual", ipFamilyPolicy="PreferDualStack",
+                                                    ipFamilies=["IPv4", "IPv6"]), "default")
+        stored = created["spec"]["clusterIPs"]
+        assert len(stored) == 2 and ":" in stored[1], created["spec"]
+        r = await answered(server, "dual.default.svc.cluster.local")
+        assert values(r, A) == [stored[0]]
+        r = await ask(server, "dual.default.svc.cluster.local", AAAA)
+        assert values(r, AAAA) == [stored[1]]
+    finally:
+        await server.stop()
+        await client.close()
+        await stop_api(api)
 
 
 def test_zone_dual_stack_records() -> None:
