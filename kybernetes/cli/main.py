@@ -92,7 +92,8 @@ async def run_server(args: argparse.Namespace) -> int:
                                                root_ca=pki.ca_cert.read_text(),
                                                storage_dir=str(data / "storage"),
                                                cluster_signing_key=pki.ca_key.read_text(),
-                                               service_account_key=pki.sa_key.read_text())
+                                               service_account_key=pki.sa_key.read_text(),
+                                               cluster_cidrs=args.cluster_cidr)
         await manager.start()
     scheduler = None
     if "scheduler" not in disabled:
@@ -334,10 +335,13 @@ async def run_killall(args: argparse.Namespace) -> int:
     if (data / "oci").is_dir():
         from ..runtime.oci import OciRuntime
         runtimes.append(OciRuntime(str(data / "oci"), open_images(data, args)))
+    async def wipe(runtime, sandbox_id: str) -> None:
+        await runtime.stop_pod_sandbox(sandbox_id)
+        await runtime.remove_pod_sandbox(sandbox_id)
+
     for runtime in runtimes:
-        for sb in await runtime.list_pod_sandboxes():
-            await runtime.stop_pod_sandbox(sb.id)
-            await runtime.remove_pod_sandbox(sb.id)
+        # In parallel: each sandbox waits for its processes to die, and there may be many.
+        await asyncio.gather(*(wipe(runtime, sb.id) for sb in await runtime.list_pod_sandboxes()))
         kill_strays = getattr(runtime, "kill_strays", None)
         if kill_strays is not None:
             kill_strays()
@@ -390,7 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--bind", default="127.0.0.1")
     s.add_argument("--port", type=int, default=6443)
     s.add_argument("--store", default="", help="store URL (default: sqlite file in the data dir)")
-    s.add_argument("--service-cidr", default="10.96.0.0/12")
+    s.add_argument("--service-cidr", default="10.96.0.0/12",
+                   help="Service cluster IP range: one CIDR, or an IPv4,IPv6 pair for dual stack "
+                        "(e.g. 10.43.0.0/16,fd43::/112; the first is the primary family)")
+    s.add_argument("--cluster-cidr", default="10.42.0.0/16",
+                   help="pod network, one CIDR or an IPv4,IPv6 pair for dual stack (e.g. 10.42.0.0/16,"
+                        "fd42::/56): each node gets a /24 (IPv4) and a /64 (IPv6) of it as spec.podCIDRs")
     s.add_argument("--disable", default="",
                    help="comma-separated components not to run in this process: controllers, scheduler")
     s.add_argument("--node-monitor-grace-period", type=float, default=40.0,
