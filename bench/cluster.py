@@ -66,7 +66,9 @@ class Server:
         self.data = Path(tempfile.mkdtemp())
         self.port = free_port()
         args = [sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(self.data), "--port",
-                str(self.port), "--log-level", "warning", "--runtime", "process"]
+                str(self.port), "--log-level", "warning", "--runtime", "process",
+                # Room for a /24 per node of up to 4,096 hollow nodes.
+                "--cluster-cidr", "10.32.0.0/12"]
         if disable:
             args += ["--disable", disable]
         self.log = open(self.data / "server.log", "wb")  # noqa: SIM115 - the server process owns it
