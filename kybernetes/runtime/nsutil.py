@@ -8,12 +8,14 @@ alone can be reused after a restart, the pair cannot.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import ctypes.util
 import os
 import socket
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -43,7 +45,13 @@ _libc = None
 def libc() -> ctypes.CDLL:
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # By its soname first: find_library forks `ldconfig -p`, which every pod holder and
+        # shim would pay for at start-up.
+        try:
+            _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:
+            from ctypes.util import find_library
+            _libc = ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
     return _libc
 
 
@@ -168,6 +176,7 @@ def socket_in_netns(netns: str, family: int = socket.AF_INET, kind: int = socket
 async def open_connection(netns: str | None, host: str, port: int) -> tuple[asyncio.StreamReader,
                                                                              asyncio.StreamWriter]:
     """asyncio.open_connection, from inside the network namespace at ``netns`` when given."""
+    import asyncio  # here: the pod holder and the shim import this module and must start fast
     if netns is None:
         return await asyncio.open_connection(host, port)
     sock = socket_in_netns(netns, socket.AF_INET6 if ":" in host else socket.AF_INET)
