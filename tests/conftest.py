@@ -20,6 +20,9 @@ from tests.apiserver.conftest import start_api, stop_api
 # The e2e tests written before the OCI runtime run host commands on the process runtime;
 # the servers they start inherit this. Tests of the OCI runtime ask for it by name.
 os.environ.setdefault("KYB_RUNTIME", "process")
+# Likewise they share the host's network: a pod network would put a bridge and rules on the
+# machine running the tests. The pod network's tests run their nodes in namespaces of their own.
+os.environ.setdefault("KYB_POD_NETWORK", "none")
 
 
 @pytest.fixture

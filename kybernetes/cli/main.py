@@ -82,6 +82,10 @@ async def run_server(args: argparse.Namespace) -> int:
     # kubectl sends built-in objects as protobuf; load the descriptors off the hot path.
     from ..api import protobuf
     warm = asyncio.get_running_loop().run_in_executor(None, protobuf.default_pool)
+    from ..network.dns import kube_dns_ip
+    cluster = {"clusterCIDR": args.cluster_cidr, "serviceCIDR": api.service_cidr,
+               "clusterDNS": kube_dns_ip(str(api.service_cidrs[0])), "clusterDomain": "cluster.local"}
+    await publish_cluster_config(Client.in_process(api.handle), cluster)
     disabled = {d.strip() for d in (args.disable or "").split(",") if d.strip()}
     unknown = disabled - {"controllers", "scheduler", "kubelet"}
     if unknown:
@@ -105,7 +109,9 @@ async def run_server(args: argparse.Namespace) -> int:
     if "kubelet" not in disabled:
         # The embedded node, as k3s runs one: a kubelet on the node's container runtime.
         from ..client import Client
-        node = await start_node(Client.in_process(api.handle), data, args, embedded_serving_context(pki, data, args))
+        node = await start_node(Client.in_process(api.handle), data, args, embedded_serving_context(pki, data, args),
+                                cluster)
+        await start_cluster_dns(node, cluster, log)
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
     log.info("export KUBECONFIG=%s", kubeconfig)
     log.info("join a node: kyb agent --server %s --token $(cat %s)", url, pki.join_token_file)
@@ -197,12 +203,18 @@ async def _create_bootstrap_secret(secrets, token: str) -> None:
 class Node:
     """A kubelet, its runtime and its streaming server, started and stopped together."""
 
-    def __init__(self, kubelet, runtime, server, client, certs=None, images=None):
+    def __init__(self, kubelet, runtime, server, client, certs=None, images=None, proxy=None):
         self.kubelet, self.runtime, self.server, self.client = kubelet, runtime, server, client
         self.certs = certs
         self.images = images
+        self.proxy = proxy
+        self.dns = None
 
     async def stop(self) -> None:
+        if self.dns is not None:
+            await self.dns.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()  # its rules stay: traffic keeps flowing while the node restarts
         if self.certs is not None:
             await self.certs.stop()
         await self.kubelet.stop()
@@ -265,17 +277,100 @@ def make_runtime(kind: str, data: Path, images=None):
     return ProcessRuntime(str(data / "runtime"))
 
 
-async def start_node(client, data: Path, args: argparse.Namespace, ssl_context) -> Node:
+def choose_pod_network(wanted: str, runtime: str) -> tuple[bool, str]:
+    """(whether pods get their own network, why): ``auto`` is yes as root with ip and nft."""
+    import shutil
+
+    if wanted == "none":
+        return False, "as asked"
+    if runtime == "fake":
+        return False, "the fake runtime runs nothing"
+    if wanted == "bridge":
+        return True, "as asked"
+    if os.geteuid() != 0:
+        return False, "not root"
+    missing = [t for t in ("ip", "nft") if shutil.which(t) is None]
+    if missing:
+        return False, f"{' and '.join(missing)} not found (iproute2, nftables)"
+    return True, "root, with iproute2 and nftables"
+
+
+CLUSTER_CONFIG = ("kube-public", "kybernetes-config")
+
+
+async def publish_cluster_config(client, config: dict[str, str]) -> None:
+    """What joining nodes need to know of the cluster (pod and service CIDRs, DNS), readable by all."""
+    from ..api.errors import StatusError
+
+    ns, name = CLUSTER_CONFIG
+    cms = client.resource("v1", "configmaps")
+    body = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": config}
+    try:
+        await cms.create(body, ns)
+    except StatusError as e:
+        if e.code != 409:
+            raise
+        await cms.patch(name, {"data": config}, namespace=ns)
+
+
+async def read_cluster_config(client) -> dict[str, str]:
+    from ..api.errors import StatusError
+
+    ns, name = CLUSTER_CONFIG
+    try:
+        return dict((await client.resource("v1", "configmaps").get(name, ns)).get("data") or {})
+    except StatusError as e:
+        if e.code == 404:
+            return {}
+        raise
+
+
+async def start_cluster_dns(node: Node | None, cluster: dict[str, str], log: logging.Logger) -> None:
+    """The cluster DNS, on the embedded node's pod-network gateways, behind the kube-dns Service."""
+    net = node.kubelet.network if node is not None else None
+    if node is None or net is None or net.network is None:
+        if net is not None:
+            log.warning("cluster DNS not started: %s", net.not_ready_message())
+        return
+    from ..network.dns import ClusterDNS, ensure_kube_dns_service
+
+    gateways = [str(r.gateway.ip) for r in net.network.ranges]
+    dns = ClusterDNS(node.client, domain=cluster["clusterDomain"], listen=[(gw, 53) for gw in gateways])
+    await dns.start()
+    node.dns = dns
+    await ensure_kube_dns_service(node.client, cluster["clusterDNS"], endpoints=gateways, port=53)
+    log.info("cluster DNS on %s behind kube-system/kube-dns %s", ", ".join(gateways), cluster["clusterDNS"])
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
+                     cluster: dict[str, str] | None = None) -> Node:
+    """A node: kubelet, runtime, image service, and (with a pod network) the service proxy.
+
+    ``cluster`` says what the cluster is: clusterCIDR, serviceCIDR, clusterDNS, clusterDomain.
+    """
     from ..kubelet import Kubelet, KubeletConfig
     from ..kubelet.server import KubeletServer
 
     log = logging.getLogger("kybernetes.node")
+    cluster = cluster or {}
     name = node_name(args)
     node_ip = args.node_ip
     kind, why = choose_runtime(args.runtime)
     images = open_images(data, args) if kind == "oci" else None
     runtime = make_runtime(kind, data, images)
     log.info("node %s: container runtime %s (%s)", name, kind, why)
+    own_net, net_why = choose_pod_network(args.pod_network, kind)
+    network = proxy = None
+    cluster_cidrs = _split(cluster.get("clusterCIDR", ""))
+    if own_net:
+        from ..kubelet.network import NetworkManager
+        network = NetworkManager(client, name, str(data / "network"), cluster_cidrs=cluster_cidrs,
+                                 node_ips=[node_ip])
+    log.info("node %s: pod network %s (%s)", name, "bridge" if own_net else "none, pods use the node's", net_why)
     # The server learns the kubelet after it knows its port, which the Node object publishes.
     server = KubeletServer(None, node_ip, args.kubelet_port, ssl_context)
     await server.start()
@@ -283,10 +378,17 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context) 
         node_name=name, root_dir=str(data / "kubelet"), host_ip=node_ip, port=server.port,
         static_pod_path=str(data / "manifests"),
         image_gc_high_threshold_percent=args.image_gc_high_threshold,
-        image_gc_low_threshold_percent=args.image_gc_low_threshold), images=images)
+        image_gc_low_threshold_percent=args.image_gc_low_threshold,
+        cluster_dns=_split(cluster.get("clusterDNS", "")) if own_net else [],
+        cluster_domain=cluster.get("clusterDomain") or "cluster.local"), images=images, network=network)
     server.kubelet = kubelet
     await kubelet.start()
-    return Node(kubelet, runtime, server, client, images=images)
+    if own_net:
+        # The service proxy runs beside the kubelet on every node, as k3s embeds kube-proxy.
+        from ..network.proxy import ServiceProxy
+        proxy = ServiceProxy(client, name, [node_ip], cluster_cidrs=cluster_cidrs)
+        await proxy.start()
+    return Node(kubelet, runtime, server, client, images=images, proxy=proxy)
 
 
 async def run_agent(args: argparse.Namespace) -> int:
@@ -313,7 +415,7 @@ async def run_agent(args: argparse.Namespace) -> int:
     client = Client(HTTPTransport(args.server, ssl_context=client_ctx))
     hosts = sorted({args.node_ip, name})
     serving_ctx = bootstrap.serving_ssl_context(files, hosts)
-    node = await start_node(client, data, args, serving_ctx)
+    node = await start_node(client, data, args, serving_ctx, await read_cluster_config(client))
     node.certs = bootstrap.CertificateManager(client, files, name, hosts, client_ctx, serving_ctx)
     node.certs.start()
     log.info("agent: node %s joined %s", node.kubelet.node_name, args.server)
@@ -357,6 +459,11 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private-registry", default="",
                    help="registries.yaml (mirrors, endpoints, TLS, auth; the k3s format); default "
                         "<data-dir>/registries.yaml")
+    p.add_argument("--pod-network", default=os.environ.get("KYB_POD_NETWORK", "auto"),
+                   choices=("auto", "bridge", "none"),
+                   help="bridge: every pod gets its own network namespace and addresses from the node's pod "
+                        "CIDRs, and the node runs the service proxy; none: pods share the node's network; auto "
+                        "(default, or $KYB_POD_NETWORK) is bridge as root with iproute2 and nftables")
     p.add_argument("--image-gc-high-threshold", type=int, default=85,
                    help="disk usage percent of the image filesystem above which unused images are removed")
     p.add_argument("--image-gc-low-threshold", type=int, default=80,

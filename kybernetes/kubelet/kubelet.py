@@ -22,7 +22,9 @@ from typing import Any
 from kybernetes.api.errors import StatusError
 from kybernetes.client import Client, Informer
 from kybernetes.kubelet import static as staticpods
+from kybernetes.kubelet.dns import ResolvConf, parse_resolv_conf
 from kybernetes.kubelet.images import ImageManager, RuntimeImages
+from kybernetes.kubelet.network import NetworkManager
 from kybernetes.kubelet.node import NodeConfig, NodeStatusManager, capacity, detect_host_ip
 from kybernetes.kubelet.podworker import BackOff, PodWorker
 from kybernetes.kubelet.pvc import ClaimResolver
@@ -61,13 +63,17 @@ class KubeletConfig:
     image_gc_high_threshold_percent: int = 85
     image_gc_low_threshold_percent: int = 80
     image_gc_period: float = 300.0
+    # The cluster DNS pods on the pod network are pointed at (ClusterFirst), and its domain.
+    cluster_dns: list[str] = field(default_factory=list)
+    cluster_domain: str = "cluster.local"
+    resolv_conf: str = "/etc/resolv.conf"  # the node's, for dnsPolicy Default
 
 
 class Kubelet:
     """``Kubelet(client, runtime, KubeletConfig(...))``; ``await start()`` ... ``await stop()``."""
 
     def __init__(self, client: Client, runtime: Runtime, config: KubeletConfig | None = None,
-                 images: Any = None, **overrides: Any) -> None:
+                 images: Any = None, network: NetworkManager | None = None, **overrides: Any) -> None:
         cfg = config or KubeletConfig()
         for k, v in overrides.items():
             if not hasattr(cfg, k):
@@ -100,6 +106,8 @@ class Kubelet:
         # The node's image service; runtimes that carry their own images are wrapped.
         self.images = images if images is not None else RuntimeImages(runtime)
         self.image_manager = ImageManager(self.images, event=self._image_event, get_secret=self.get_secret)
+        # The pod network (None: every pod shares the node's network).
+        self.network = network
         self.pod_informer = Informer(self.pods, field_selector=f"spec.nodeName={cfg.node_name}")
         self.service_informer = Informer(client.resource("v1", "services"))
         self.workers: dict[str, PodWorker] = {}
@@ -119,6 +127,10 @@ class Kubelet:
         """Register the node, then start heartbeats, the pod informer and static pods."""
         await self.node.register()
         self.node.start()
+        if self.network is not None:
+            await self.network.start()
+            # A node restarting already has its pod CIDRs; a new one gets them within moments.
+            await self.network.wait_ready(5.0)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._event_writer()))
         for n in getattr(self.runtime, "base_notices", []) or []:
@@ -143,6 +155,8 @@ class Kubelet:
         for w in list(self.workers.values()):
             await w.stop()
         await self.node.stop()
+        if self.network is not None:
+            await self.network.stop()
         # Let queued events reach the API before going away.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event_queue.join(), 2.0)
@@ -372,6 +386,19 @@ class Kubelet:
             self.flush_runtime_events()
             live = {w.uid for w in self.workers.values()}
             self._noticed = {k for k in self._noticed if k[0] in live}
+
+    def host_resolv_conf(self) -> ResolvConf:
+        """The node's resolv.conf; behind a local stub resolver (127.0.0.53), the one it forwards to."""
+        rc = ResolvConf()
+        for path in (self.config.resolv_conf, "/run/systemd/resolve/resolv.conf"):
+            try:
+                with open(path) as f:
+                    rc = parse_resolv_conf(f.read())
+            except OSError:
+                continue
+            if rc.nameservers and not all(ns.startswith("127.") or ns == "::1" for ns in rc.nameservers):
+                break
+        return rc
 
     def images_in_use(self) -> set[str]:
         """Image ids the pods of this node use (what image GC and removal must keep)."""

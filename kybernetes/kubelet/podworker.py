@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from kybernetes.api.errors import StatusError
 from kybernetes.api.quantity import parse_quantity
+from kybernetes.kubelet import dns as kdns
 from kybernetes.kubelet import security
 from kybernetes.kubelet import status as podstatus
 from kybernetes.kubelet import termination
@@ -169,6 +170,9 @@ class PodWorker:
         self._volume_paths: dict[str, str] | None = None
         self._last_volume_sync = 0.0
         self._adopted = False
+        self.pod_ips: list[str] = []  # from the pod network; empty on the node's network
+        self._said_network_not_ready = False
+        self._said_missing_dns = False
         self._rebuild_records()
 
     # ------------------------------------------------------------------ lifecycle
@@ -249,6 +253,7 @@ class PodWorker:
             await self._kill_all(0)
             return
         await self._refresh()
+        await self._network_ips()
         if self._terminal_phase():
             if self.sandbox_ready:
                 # Done for good: nothing restarts, so release the sandbox once.
@@ -320,7 +325,20 @@ class PodWorker:
     # ------------------------------------------------------------------ sandbox and volumes
 
     def _pod_ip(self) -> str:
-        return self.kubelet.config.host_ip
+        return self.pod_ips[0] if self.pod_ips else self.kubelet.config.host_ip
+
+    def _own_network(self) -> bool:
+        """Whether this pod gets its own network (the node has a pod network, and no hostNetwork)."""
+        return self.kubelet.network is not None and not (self.pod.get("spec") or {}).get("hostNetwork")
+
+    async def _network_ips(self) -> None:
+        """The sandbox's addresses from the pod network (after an adoption, once it is ready)."""
+        net = self.kubelet.network
+        if self.pod_ips or self.sandbox_id is None or net is None or not net.ready or not self._own_network():
+            return
+        got = await net.status(self.sandbox_id)
+        if got is not None:
+            self.pod_ips = got.ips
 
     async def _ensure_sandbox(self) -> bool:
         rt = self.kubelet.runtime
@@ -337,6 +355,13 @@ class PodWorker:
                 await self._kill_all(0, stop_sandbox=True, remove_sandbox=True)
         if not await self._sync_volumes():
             return False
+        net = self.kubelet.network
+        own_net = self._own_network()
+        if self.sandbox_id is None and own_net and net is not None and not net.ready:
+            if not self._said_network_not_ready:
+                self._said_network_not_ready = True
+                self.kubelet.event(self.pod, "Warning", "NetworkNotReady", net.not_ready_message())
+            return False
         if self.sandbox_id is None:
             spec = self.pod.get("spec") or {}
             limits = self._pod_limits()
@@ -347,7 +372,7 @@ class PodWorker:
                 labels={LABEL_POD_UID: self.uid, LABEL_POD_NAME: self.name, LABEL_POD_NAMESPACE: self.namespace},
                 annotations=dict(self.pod["metadata"].get("annotations") or {}),
                 namespace_options=NamespaceOptions(
-                    network=NamespaceMode.NODE,
+                    network=NamespaceMode.POD if own_net else NamespaceMode.NODE,
                     pid=NamespaceMode.NODE if spec.get("hostPID") else (
                         NamespaceMode.POD if spec.get("shareProcessNamespace") else NamespaceMode.CONTAINER),
                     ipc=NamespaceMode.NODE if spec.get("hostIPC") else NamespaceMode.POD),
@@ -361,6 +386,21 @@ class PodWorker:
                                    f"Failed to create pod sandbox: {e}")
                 return False
             self.kubelet.own(self.sandbox_id, self)
+            if own_net and net is not None:
+                try:
+                    sb = await rt.pod_sandbox_status(self.sandbox_id)
+                    self.pod_ips = (await net.add(self.sandbox_id, f"/proc/{sb.pid}/ns/net", self.pod)).ips
+                except Exception as e:  # noqa: BLE001 - any failure is the sandbox's, retried with a new one
+                    self.kubelet.event(self.pod, "Warning", "FailedCreatePodSandBox",
+                                       f'Failed to create pod sandbox: failed to setup network for sandbox '
+                                       f'"{self.sandbox_id}": {e}')
+                    with contextlib.suppress(Exception):
+                        await net.delete(self.sandbox_id)
+                    with contextlib.suppress(RuntimeServiceError):
+                        await rt.remove_pod_sandbox(self.sandbox_id)
+                    self.kubelet.disown(self.sandbox_id)
+                    self.sandbox_id = None
+                    return False
             self.sandbox_ready = True
             if self.start_time is None:
                 self.start_time = podstatus.rfc3339(time.time())
@@ -519,6 +559,8 @@ class PodWorker:
         if os.path.exists(log_path):
             os.unlink(log_path)  # a stale file from an attempt the runtime forgot
         annotations = {ANNOTATION_RESTARTS: str(attempt)}
+        if rt.isolated_filesystem and self._own_network():
+            mounts.extend(self._network_files())
         if rt.isolated_filesystem:
             term = termination.prepare(os.path.join(k.volumes.pod_dir(self.uid), "containers"), rec.name,
                                        attempt)
@@ -685,6 +727,7 @@ class PodWorker:
             if rec.waiting is not None and rec.status is not None:
                 rec.waiting = None
         if self.sandbox_id is not None and (stop_sandbox or remove_sandbox):
+            await self._release_network()
             with contextlib.suppress(RuntimeServiceError):
                 await rt.stop_pod_sandbox(self.sandbox_id)
             self.sandbox_ready = False
@@ -700,12 +743,47 @@ class PodWorker:
                         rec.restart_count += 1
                 self.sandbox_id = None
 
+    def _network_files(self) -> list[Mount]:
+        """The kubelet-managed /etc/hosts and /etc/resolv.conf of a pod on the pod network."""
+        k = self.kubelet
+        base = os.path.join(k.volumes.pod_dir(self.uid), "etc")
+        os.makedirs(base, exist_ok=True)
+        domain = k.config.cluster_domain
+        files = {"hosts": kdns.hosts_file(self.pod, self.pod_ips, domain),
+                 "resolv.conf": kdns.resolv_conf(self.pod, cluster_dns=k.config.cluster_dns, cluster_domain=domain,
+                                                 host=k.host_resolv_conf()).render()}
+        out = []
+        for name, text in files.items():
+            path = os.path.join(base, name)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+            out.append(Mount(host_path=path, container_path=f"/etc/{name}"))
+        if kdns.missing_cluster_dns(self.pod, k.config.cluster_dns) and not self._said_missing_dns:
+            self._said_missing_dns = True
+            k.event(self.pod, "Warning", "MissingClusterDNS", "pod: \"" + f"{self.name}_{self.namespace}({self.uid})"
+                    + '\". kubelet does not have ClusterDNS IP configured and cannot create Pod using "ClusterFirst" '
+                    'policy. Falling back to "Default" policy.')
+        return out
+
+    async def _release_network(self) -> None:
+        """Give the sandbox's addresses back (upstream tears the network down when a sandbox stops)."""
+        net = self.kubelet.network
+        if self.sandbox_id is not None and net is not None and self._own_network():
+            try:
+                await net.delete(self.sandbox_id)
+            except Exception:  # noqa: BLE001 - the network's GC frees what a failed delete leaves
+                log.exception("releasing the network of pod %s/%s", self.namespace, self.name)
+
     async def terminate(self) -> None:
         """Graceful termination; then remove the pod object (grace 0) and forget the pod."""
         grace = 0.0 if self.removed and not self.deleting else self._grace()
         await self._kill_all(grace, stop_sandbox=True, events=not self.removed)
         if not self.removed:
             await self.write_status(terminating=True)
+        await self._release_network()
         with contextlib.suppress(RuntimeServiceError):
             if self.sandbox_id is not None:
                 await self.kubelet.runtime.remove_pod_sandbox(self.sandbox_id)
@@ -773,7 +851,7 @@ class PodWorker:
         host_ip = self.kubelet.config.host_ip
         out: Obj = {
             "phase": phase, "conditions": conds, "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-            "podIP": self._pod_ip(), "podIPs": [{"ip": self._pod_ip()}],
+            "podIP": self._pod_ip(), "podIPs": [{"ip": ip} for ip in (self.pod_ips or [self._pod_ip()])],
             "startTime": self.start_time or old.get("startTime"),
             "qosClass": old.get("qosClass") or podstatus.qos_class(self.pod),
             "containerStatuses": apps,

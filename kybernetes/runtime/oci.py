@@ -185,6 +185,7 @@ def _exec_exit_code(code: int | None, log_file: str) -> int | None:
 
 class OciRuntime(Runtime):
     name = "oci"
+    isolated_filesystem = True
 
     def __init__(
         self,
