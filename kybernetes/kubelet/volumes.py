@@ -163,6 +163,30 @@ def secret_values(sec: Obj) -> dict[str, bytes]:
     return out
 
 
+def set_volume_ownership(path: str, gid: int, *, readonly: bool) -> None:
+    """fsGroup, as upstream applies it: every file's group becomes ``gid`` with group read (and
+    write, on a writable volume), directories group-searchable and set-gid so new files inherit it."""
+    mask = 0o440 if readonly else 0o660
+
+    def fix(p: str, is_dir: bool) -> None:
+        try:
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                os.lchown(p, -1, gid)
+                return
+            os.chown(p, -1, gid)
+            os.chmod(p, stat.S_IMODE(st.st_mode) | mask | ((stat.S_ISGID | 0o110) if is_dir else 0))
+        except FileNotFoundError:
+            pass  # removed while walking (an atomic refresh)
+
+    fix(path, True)
+    for dirpath, dirs, files in os.walk(path):
+        for d in dirs:
+            fix(os.path.join(dirpath, d), True)
+        for f in files:
+            fix(os.path.join(dirpath, f), False)
+
+
 def downward_files(pod: Obj, items: list[Obj], default_mode: int, pod_ip: str, host_ip: str,
                    node_allocatable: dict[str, str] | None = None) -> dict[str, FileEntry]:
     out = {}
@@ -197,10 +221,14 @@ class VolumeManager:
         self.get_token = get_token
         self.node_allocatable = node_allocatable or {}
         self.is_root = os.geteuid() == 0
+        self._owned: set[tuple[str, str]] = set()  # (pod uid, volume) given to the fsGroup once
         self.warnings: list[tuple[str, str]] = []
 
     def pod_dir(self, uid: str) -> str:
         return os.path.join(self.root, "pods", uid)
+
+    def forget_ownership(self, uid: str) -> None:
+        self._owned = {k for k in self._owned if k[0] != uid}
 
     def volume_dir(self, uid: str, vol: Obj) -> str:
         kind = volume_kind(vol)
@@ -218,6 +246,18 @@ class VolumeManager:
         return out
 
     async def _setup_one(self, pod: Obj, vol: Obj, pod_ip: str, host_ip: str) -> str:
+        path = await self._make_one(pod, vol, pod_ip, host_ip)
+        fs_group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
+        kind = volume_kind(vol)
+        if fs_group is not None and self.is_root and kind != "hostPath":
+            key = (pod["metadata"]["uid"], vol.get("name", ""))
+            # API-sourced volumes are rewritten on every refresh; the others are walked once per pod.
+            if kind in ("configMap", "secret", "downwardAPI", "projected") or key not in self._owned:
+                set_volume_ownership(path, int(fs_group), readonly=kind not in ("emptyDir", "persistentVolumeClaim"))
+                self._owned.add(key)
+        return path
+
+    async def _make_one(self, pod: Obj, vol: Obj, pod_ip: str, host_ip: str) -> str:
         kind = volume_kind(vol)
         uid = pod["metadata"]["uid"]
         ns = pod["metadata"].get("namespace") or "default"
@@ -278,7 +318,10 @@ class VolumeManager:
         return files
 
     def _empty_dir(self, path: str, src: Obj) -> None:
-        os.makedirs(path, exist_ok=True)
+        if not os.path.isdir(path):
+            os.makedirs(path)
+            # World-writable, as upstream makes them: any container user may use its emptyDir.
+            os.chmod(path, 0o777)
         if src.get("medium") != "Memory" or os.path.ismount(path):
             return
         if not self.is_root:
@@ -292,6 +335,7 @@ class VolumeManager:
 
     def teardown(self, uid: str) -> None:
         """Unmount tmpfs volumes and remove the pod's directory (after its containers are gone)."""
+        self.forget_ownership(uid)
         base = os.path.join(self.pod_dir(uid), "volumes")
         if os.path.isdir(base):
             for dirpath, dirs, _files in os.walk(base, topdown=True):

@@ -226,8 +226,11 @@ def test_entrypoint_cmd_args_env_user_workdir(oci: Server, images):
 def test_security_context_and_termination_message(oci: Server):
     manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "locked"}, "spec": {
         "restartPolicy": "Never", "securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "fsGroup": 2000},
+        "volumes": [{"name": "scratch", "emptyDir": {}}],
         "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
-                        "command": ["sh", "-c", "id; touch /x 2>&1; echo bye > /dev/termination-log; exit 3"],
+                        "command": ["sh", "-c", "id; touch /x 2>&1; echo bye > /dev/termination-log; "
+                                    "touch /data/mine && stat -c 'data %g %A' /data /data/mine; exit 3"],
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/data"}],
                         "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                                             "capabilities": {"drop": ["ALL"]}}}]}}
     oci.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -235,6 +238,8 @@ def test_security_context_and_termination_message(oci: Server):
     out = oci.kubectl("logs", "locked").stdout
     assert re.match(r"uid=1000(\(\w+\))? gid=3000 groups=.*2000", out), out
     assert "Read-only file system" in out, out
+    # fsGroup owns the volume: the non-root user may write to it, and new files inherit the group.
+    assert "data 2000 drwxrwsrwx" in out and "data 2000 -rw-r--r--" in out, out
     term = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert (term["exitCode"], term["reason"], term.get("message")) == (3, "Error", "bye\n")
     # runAsNonRoot against an image that runs as root is refused before anything starts.
