@@ -110,7 +110,10 @@ def cluster(tmp_path_factory):
             bb = build.write_oci_layout(str(images / "busybox.tar"), img)
         with build.web_image("web:1") as img:
             web = build.write_oci_layout(str(images / "web.tar"), img)
-        p = subprocess.run([*KYB, "image", "import", "--data-dir", str(data), bb, web], capture_output=True,
+        # A stand-in under the docs' image name (busybox httpd on port 80): no registry is reachable.
+        with build.web_image("nginx:1.14.2", port=80) as img:
+            nginx = build.write_docker_archive(str(images / "nginx.tar"), img)
+        p = subprocess.run([*KYB, "image", "import", "--data-dir", str(data), bb, web, nginx], capture_output=True,
                            text=True, timeout=120)
         assert p.returncode == 0, p.stderr
         s = NamespacedServer(data, free_port(), ns)
@@ -238,3 +241,16 @@ def _try_get(host: str, port: int, path: str = "/") -> bytes | None:
         return http_get(host, port, path)
     except OSError:
         return None
+
+
+def test_the_docs_nginx_deployment_as_it_is(cluster: NamespacedServer):
+    """examples/nginx-deployment.yaml unchanged: three replicas on port 80, one Service in front."""
+    s = cluster
+    manifest = Path(__file__).resolve().parents[2] / "examples" / "nginx-deployment.yaml"
+    s.kubectl("apply", "-f", str(manifest))
+    s.kubectl("rollout", "status", "deployment/nginx-deployment", "--timeout=90s")
+    pods = s.kjson("get", "pods", "-l", "app=nginx")["items"]
+    assert len({p["status"]["podIP"] for p in pods}) == 3
+    s.kubectl("expose", "deployment", "nginx-deployment", "--name=nginx", "--port=80")
+    out = client_pod(s, "nginx-client", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 nginx 80")
+    assert "hello from kybernetes" in out, out
