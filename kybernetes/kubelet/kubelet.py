@@ -130,7 +130,9 @@ class Kubelet:
         if self.network is not None:
             await self.network.start()
             # A node restarting already has its pod CIDRs; a new one gets them within moments.
-            await self.network.wait_ready(5.0)
+            if await self.network.wait_ready(5.0):
+                # Addresses of sandboxes that went away while no kubelet ran.
+                await self.network.gc({sb.id for sb in await self.runtime.list_pod_sandboxes()})
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._event_writer()))
         for n in getattr(self.runtime, "base_notices", []) or []:

@@ -53,7 +53,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -196,6 +196,12 @@ class _Record:
                    pod.get("name", ""), pod.get("uid", ""), float(d.get("created") or 0))
 
 
+@dataclass
+class _Held:
+    lock: asyncio.Lock
+    users: int = 0
+
+
 class PodNetwork:
     """The node's pod network: `setup()` once, then `add`/`delete`/`status` per sandbox."""
 
@@ -241,7 +247,7 @@ class PodNetwork:
         self._records_dir.mkdir(parents=True, exist_ok=True)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="podnet")
         self._node: Rtnl | None = None
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _Held] = {}
         self._route_task: asyncio.Task[None] | None = None
         self._route_kick = asyncio.Event()
         self._is_setup = False
@@ -256,16 +262,21 @@ class PodNetwork:
             self._node = Rtnl.open(self.netns)
         return self._node
 
-    def _lock(self, sandbox_id: str) -> asyncio.Lock:
-        lock = self._locks.get(sandbox_id)
-        if lock is None:
-            lock = self._locks[sandbox_id] = asyncio.Lock()
-        return lock
-
-    def _release_lock(self, sandbox_id: str) -> None:
-        lock = self._locks.get(sandbox_id)
-        if lock is not None and not lock.locked():
-            self._locks.pop(sandbox_id, None)
+    @contextlib.asynccontextmanager
+    async def _sandbox_lock(self, sandbox_id: str) -> AsyncIterator[None]:
+        """One add/delete per sandbox at a time; the lock lives only while someone holds or
+        waits for it (counted, so it is never dropped under a waiter)."""
+        entry = self._locks.get(sandbox_id)
+        if entry is None:
+            entry = self._locks[sandbox_id] = _Held(asyncio.Lock())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[sandbox_id]
 
     @property
     def host_ips(self) -> list[str]:
@@ -455,19 +466,16 @@ class PodNetwork:
         nothing is left behind (the addresses are freed, the veth removed)."""
         if not self._is_setup:
             raise PodNetworkError("the pod network is not set up (call setup() first)")
-        async with self._lock(sandbox_id):
-            try:
-                rec, fresh = await self._run(self._add_sync, sandbox_id, netns_path,
-                                             dict(namespace=namespace, name=name, uid=uid), list(host_ports))
-                if fresh and rec.host_ports:
-                    try:
-                        await self._add_host_ports(rec)
-                    except BaseException:
-                        await self._run(self._delete_sync, sandbox_id)
-                        raise
-                return rec.pod_ips()
-            finally:
-                self._release_lock(sandbox_id)
+        async with self._sandbox_lock(sandbox_id):
+            rec, fresh = await self._run(self._add_sync, sandbox_id, netns_path,
+                                         dict(namespace=namespace, name=name, uid=uid), list(host_ports))
+            if fresh and rec.host_ports:
+                try:
+                    await self._add_host_ports(rec)
+                except BaseException:
+                    await self._run(self._delete_sync, sandbox_id)
+                    raise
+            return rec.pod_ips()
 
     def _add_sync(self, sandbox_id: str, netns_path: str, meta: dict[str, str],
                   host_ports: list[HostPort]) -> tuple[_Record, bool]:
@@ -602,15 +610,12 @@ class PodNetwork:
         """Remove the sandbox from the pod network: its hostPorts, its veth, its addresses.
         Idempotent, and works without the namespace (it may be gone already) and after a
         restart (the record on disk, or just the sandbox id)."""
-        async with self._lock(sandbox_id):
-            try:
-                rec = await self._run(self._load, sandbox_id)
-                if rec is not None and rec.host_ports and self._is_setup:
-                    with contextlib.suppress(NftError):
-                        await self._delete_host_ports(rec.interfaces, rec.host_ports)
-                await self._run(self._delete_sync, sandbox_id)
-            finally:
-                self._release_lock(sandbox_id)
+        async with self._sandbox_lock(sandbox_id):
+            rec = await self._run(self._load, sandbox_id)
+            if rec is not None and rec.host_ports:
+                with contextlib.suppress(NftError):  # no table (never set up): nothing to remove
+                    await self._delete_host_ports(rec.interfaces, rec.host_ports)
+            await self._run(self._delete_sync, sandbox_id)
 
     def _delete_sync(self, sandbox_id: str) -> None:
         # The host end is found by name from the sandbox id alone; deleting it takes the pod's

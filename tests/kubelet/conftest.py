@@ -65,8 +65,11 @@ async def make_kubelet(client: Client, tmp_path: Path) -> AsyncIterator[Callable
     for rt in runtimes:
         for sb in await rt.list_pod_sandboxes():
             await rt.remove_pod_sandbox(sb.id)
-        if isinstance(rt, ProcessRuntime) and rt.cgroups is not None:
-            rt.cgroups.cgroup().remove()
+        if isinstance(rt, ProcessRuntime):
+            # A holder started by a sync the kubelet's stop cut short was never recorded.
+            rt.kill_strays()
+            if rt.cgroups is not None:
+                rt.cgroups.cgroup().remove()
 
 
 def pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:

@@ -364,3 +364,14 @@ async def test_routes_follow_the_nodes(topo: Topology, nets: dict[str, PodNetwor
 
     await pn.teardown()
     assert ours() == {} and _link(topo.path("node1"), "kyb0") is None
+
+
+async def test_concurrent_adds_and_deletes(topo: Topology, nets: dict[str, PodNetwork]) -> None:
+    pn = nets["node1"]
+    pods = [topo.pod(f"p{i}") for i in range(6)]
+    got = await asyncio.gather(*(pn.add(f"sb-{i}", p) for i, p in enumerate(pods)),
+                               pn.add("sb-0", pods[0]))  # the same sandbox twice at once
+    assert got[0] == got[-1]
+    assert len({g.pod_ip for g in got[:-1]}) == 6
+    await asyncio.gather(*(pn.delete(f"sb-{i}", p) for i, p in enumerate(pods)), pn.delete("sb-0"))
+    assert pn.ipam.allocations() == {} and pn._locks == {}
