@@ -30,7 +30,7 @@ from kybernetes.kubelet import security
 from kybernetes.kubelet import status as podstatus
 from kybernetes.kubelet import termination
 from kybernetes.kubelet.env import EnvError, container_env, expand_command
-from kybernetes.kubelet.probes import FAILURE, SUCCESS, ProbeWorker, run_check
+from kybernetes.kubelet.probes import FAILURE, SUCCESS, ProbeWorker, cancel_and_wait, run_check
 from kybernetes.kubelet.volumes import VolumeError, container_mounts
 from kybernetes.runtime.base import (
     ContainerConfig,
@@ -199,9 +199,7 @@ class PodWorker:
     async def stop(self) -> None:
         """Stop working on the pod (kubelet shutdown); its containers keep running."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         for rec in self.containers.values():
             await self._stop_probes(rec)
 

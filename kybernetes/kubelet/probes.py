@@ -43,6 +43,20 @@ def _port(value: Any, container: Obj) -> int:
     raise ValueError(f"port {value!r} not found in the container's ports")
 
 
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait for it to end, cancelling again if a cancellation was lost.
+
+    Python 3.11's ``asyncio.wait_for`` drops a cancellation that arrives just as its inner
+    awaitable finishes (gh-86296): the task then runs on, and a plain ``await task``
+    after one ``cancel()`` would wait for ever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 async def run_check(action: Obj, *, runtime: Runtime, container_id: str, container: Obj, pod_ip: str,
                     timeout: float) -> tuple[str, str]:
     """One probe/hook action; (SUCCESS|FAILURE|UNKNOWN, message for events)."""
@@ -204,9 +218,7 @@ class ProbeWorker:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     def _seconds(self, field: str, default: float, minimum: float = 0) -> float:
