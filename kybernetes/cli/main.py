@@ -260,7 +260,9 @@ def open_images(data: Path, args: argparse.Namespace):
     from ..images.service import ImageService
 
     registries = getattr(args, "private_registry", "") or str(data / "registries.yaml")
-    return ImageService(str(data / "images"), registries_config=load_registries(registries))
+    config = load_registries(registries,
+                             disable_default_endpoint=getattr(args, "disable_default_registry_endpoint", False))
+    return ImageService(str(data / "images"), registries_config=config)
 
 
 def make_runtime(kind: str, data: Path, images=None):
@@ -459,6 +461,9 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private-registry", default="",
                    help="registries.yaml (mirrors, endpoints, TLS, auth; the k3s format); default "
                         "<data-dir>/registries.yaml")
+    p.add_argument("--disable-default-registry-endpoint", action="store_true",
+                   help="pull a registry's images only through its mirrors in registries.yaml, never from the "
+                        "registry itself (as k3s's flag of that name)")
     p.add_argument("--pod-network", default=os.environ.get("KYB_POD_NETWORK", "auto"),
                    choices=("auto", "bridge", "none"),
                    help="bridge: every pod gets its own network namespace and addresses from the node's pod "

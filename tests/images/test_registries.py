@@ -160,3 +160,14 @@ def test_host_matching():
     assert not host_matches("*.example.com:5000", "reg.example.com")
     assert not host_matches("reg.example.com", "reg.example.com:5000")
     assert "yyy" not in repr(Credential("r", "u", "yyy"))
+
+
+def test_wildcard_mirror_without_default_endpoints() -> None:
+    """--disable-default-registry-endpoint with a "*" mirror: no registry is ever dialled itself."""
+    from kybernetes.images.registries import parse_registries
+
+    doc = {"mirrors": {"*": {"endpoint": ["http://127.0.0.1:5000"]}}}
+    closed = parse_registries(doc, "registries.yaml", disable_default_endpoint=True)
+    for host in ("docker.io", "k8s.gcr.io", "registry.k8s.io"):
+        assert [e.url for e in closed.endpoints(host)] == ["http://127.0.0.1:5000/v2"], host
+    assert len(parse_registries(doc, "registries.yaml").endpoints("k8s.gcr.io")) == 2
