@@ -53,10 +53,8 @@ from kybernetes.runtime.base import (
     Notice,
     PodSandboxConfig,
     PodSandboxStatus,
-    Runtime,
     RuntimeEvent,
     RuntimeServiceError,
-    SandboxFilter,
     SandboxState,
     StartError,
     StreamHandle,
@@ -64,7 +62,13 @@ from kybernetes.runtime.base import (
 )
 from kybernetes.runtime.cgroups import Cgroup, CgroupLimits, CgroupManager
 from kybernetes.runtime.logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE
-from kybernetes.runtime.process import ExecHandle, _container_config, _notices, _sandbox_config
+from kybernetes.runtime.process import ExecHandle
+from kybernetes.runtime.state import (
+    StateDirRuntime,
+    container_config_from,
+    notices_from,
+    sandbox_config_from,
+)
 from kybernetes.runtime.shim import (
     attach,
     launch,
@@ -80,7 +84,6 @@ from kybernetes.runtime.shim import (
 
 log = logging.getLogger(__name__)
 
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # containerd gives each pod a 64 MiB /dev/shm.
 SHM_SIZE = "65536k"
 # What upstream reads of a termination message at most.
@@ -183,7 +186,7 @@ def _exec_exit_code(code: int | None, log_file: str) -> int | None:
     return 127 if "not found" in msg or "no such file" in msg.lower() else 126
 
 
-class OciRuntime(Runtime):
+class OciRuntime(StateDirRuntime):
     name = "oci"
     isolated_filesystem = True
 
@@ -251,29 +254,6 @@ class OciRuntime(Runtime):
         return self._version
 
     # -- paths and records ------------------------------------------------------------
-    def _sdir(self, sid: str) -> str:
-        return os.path.join(self.root, "sandboxes", sid)
-
-    def _cdir(self, cid: str) -> str:
-        return os.path.join(self.root, "containers", cid)
-
-    def _sandbox(self, sid: str) -> dict:
-        rec = read_json(os.path.join(self._sdir(os.path.basename(sid)), "sandbox.json")) if sid else None
-        if rec is None:
-            raise NotFoundError(f"pod sandbox {sid!r} not found")
-        return rec
-
-    def _container(self, cid: str) -> dict:
-        rec = read_json(os.path.join(self._cdir(os.path.basename(cid)), "config.json")) if cid else None
-        if rec is None:
-            raise NotFoundError(f"container {cid!r} not found")
-        return rec
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return env
-
     def _oci(self, cid: str) -> dict:
         return {"runc": self.runc, "root": self.runc_root, "id": cid, "bundle": os.path.join(self._cdir(cid), "bundle"),
                 "log": os.path.join(self._cdir(cid), "runc.log")}
@@ -419,8 +399,8 @@ class OciRuntime(Runtime):
 
     async def pod_sandbox_status(self, sandbox_id: str) -> PodSandboxStatus:
         rec = self._sandbox(sandbox_id)
-        cfg = _sandbox_config(rec["config"])
-        notices = _notices(rec.get("notices", []))
+        cfg = sandbox_config_from(rec["config"])
+        notices = notices_from(rec.get("notices", []))
         state = SandboxState.READY if self._sandbox_ready(rec) else SandboxState.NOTREADY
         if state == SandboxState.NOTREADY and rec["state"] == SandboxState.READY.value:
             notices.append(Notice("SandboxHolderGone", "the process holding the pod's namespaces has exited"))
@@ -430,19 +410,6 @@ class OciRuntime(Runtime):
             labels=cfg.labels, annotations=cfg.annotations, namespace_options=cfg.namespace_options,
             pid=h["pid"] if h and state == SandboxState.READY else None, notices=notices,
         )
-
-    async def list_pod_sandboxes(self, filter: SandboxFilter | None = None) -> list[PodSandboxStatus]:
-        out = []
-        for sid in sorted(os.listdir(os.path.join(self.root, "sandboxes"))):
-            if filter and filter.id and not sid.startswith(filter.id):
-                continue
-            try:
-                st = await self.pod_sandbox_status(sid)
-            except NotFoundError:
-                continue  # removed while listing, or half made
-            if filter is None or filter.matches(st):
-                out.append(st)
-        return sorted(out, key=lambda s: s.created_at)
 
     async def open_connection(self, sandbox_id: str, port: int) -> tuple[asyncio.StreamReader,
                                                                          asyncio.StreamWriter]:
@@ -511,13 +478,13 @@ class OciRuntime(Runtime):
             raise CreateContainerError(str(e)) from e
         layers = list(self.images.layer_dirs(img))
         self.images.mark_used(img)
-        sb_cfg = _sandbox_config(sb["config"])
+        sb_cfg = sandbox_config_from(sb["config"])
         cid = secrets.token_hex(32)
         cdir = self._cdir(cid)
         bundle = os.path.join(cdir, "bundle")
         rootfs = os.path.join(bundle, "rootfs")
         os.makedirs(bundle)
-        notices = _notices(sb.get("notices", []))
+        notices = notices_from(sb.get("notices", []))
         try:
             rootfs_kind = await self._make_rootfs(layers, cdir, rootfs, notices)
             user = spec.resolve_user(rootfs, str(icfg.get("User") or ""), config.run_as_user, config.run_as_group,
@@ -598,14 +565,14 @@ class OciRuntime(Runtime):
     async def container_status(self, container_id: str) -> ContainerStatus:
         rec = self._container(container_id)
         cdir = self._cdir(rec["id"])
-        cfg = _container_config(rec["config"])
+        cfg = container_config_from(rec["config"])
         seen = observe(cdir)
         st = ContainerStatus(
             id=rec["id"], sandbox_id=rec["sandbox_id"], metadata=cfg.metadata, state=seen.state,
             image=cfg.image, created_at=rec["created_at"], started_at=seen.started_at,
             finished_at=seen.finished_at, pid=seen.pid, exit_code=seen.exit_code, reason=seen.reason,
             message=seen.message, log_path=rec["launch"]["log_path"], labels=cfg.labels,
-            annotations=cfg.annotations, rootfs=rec.get("rootfs"), notices=_notices(rec.get("notices", [])),
+            annotations=cfg.annotations, rootfs=rec.get("rootfs"), notices=notices_from(rec.get("notices", [])),
         )
         if st.state == ContainerState.EXITED and not st.message:
             st.message = self._termination_message(cdir)
@@ -619,19 +586,6 @@ class OciRuntime(Runtime):
                 return f.read().decode(errors="replace")
         except OSError:
             return ""
-
-    async def list_containers(self, filter: ContainerFilter | None = None) -> list[ContainerStatus]:
-        out = []
-        for cid in os.listdir(os.path.join(self.root, "containers")):
-            if filter and filter.id and not cid.startswith(filter.id):
-                continue
-            try:
-                st = await self.container_status(cid)
-            except NotFoundError:
-                continue
-            if filter is None or filter.matches(st):
-                out.append(st)
-        return sorted(out, key=lambda s: s.created_at)
 
     async def _signal(self, rec: dict, pid: int, sig: int, all_processes: bool = False) -> None:
         args = ["kill", *(["--all"] if all_processes else []), rec["id"], str(sig)]

@@ -37,26 +37,19 @@ from kybernetes.runtime import nsutil, pause
 from kybernetes.runtime.base import (
     ContainerConfig,
     ContainerFilter,
-    ContainerMetadata,
     ContainerState,
     ContainerStats,
     ContainerStatus,
     CreateContainerError,
     ExecResult,
     ImageInfo,
-    Mount,
     NamespaceMode,
-    NamespaceOptions,
     NotFoundError,
     Notice,
     PodSandboxConfig,
-    PodSandboxMetadata,
     PodSandboxStatus,
-    Resources,
-    Runtime,
     RuntimeEvent,
     RuntimeServiceError,
-    SandboxFilter,
     SandboxState,
     StartError,
     StreamHandle,
@@ -65,33 +58,18 @@ from kybernetes.runtime.base import (
 from kybernetes.runtime.cgroups import Cgroup, CgroupLimits, CgroupManager
 from kybernetes.runtime.logs import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE
 from kybernetes.runtime.shim import attach as shim_attach
-from kybernetes.runtime.shim import launch, observe, poll, read_json, running, write_json
+from kybernetes.runtime.shim import launch, observe, poll, running, write_json
+from kybernetes.runtime.state import (
+    StateDirRuntime,
+    container_config_from,
+    notices_from,
+    sandbox_config_from,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _NSEXEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsexec.py")
-
-
-def _notices(raw: list[dict]) -> list[Notice]:
-    return [Notice(**n) for n in raw]
-
-
-def _sandbox_config(d: dict) -> PodSandboxConfig:
-    d = dict(d)
-    d["metadata"] = PodSandboxMetadata(**d["metadata"])
-    ns = d.get("namespace_options") or {}
-    d["namespace_options"] = NamespaceOptions(**{k: NamespaceMode(v) for k, v in ns.items()})
-    return PodSandboxConfig(**d)
-
-
-def _container_config(d: dict) -> ContainerConfig:
-    d = dict(d)
-    d["metadata"] = ContainerMetadata(**d["metadata"])
-    d["mounts"] = [Mount(**m) for m in d.get("mounts", [])]
-    d["resources"] = Resources(**(d.get("resources") or {}))
-    return ContainerConfig(**d)
 
 
 def image_candidates(image: str) -> list[tuple[str, str]]:
@@ -191,7 +169,7 @@ class ExecHandle(StreamHandle):
             self.master = None
 
 
-class ProcessRuntime(Runtime):
+class ProcessRuntime(StateDirRuntime):
     name = "process"
 
     def __init__(
@@ -245,29 +223,6 @@ class ProcessRuntime(Runtime):
     def kill_strays(self) -> int:
         """Kill pod holders this runtime started but never recorded (it stopped mid-creation)."""
         return pause.kill_unrecorded(self.root, os.path.join(self.root, "sandboxes"))
-
-    def _sdir(self, sid: str) -> str:
-        return os.path.join(self.root, "sandboxes", sid)
-
-    def _cdir(self, cid: str) -> str:
-        return os.path.join(self.root, "containers", cid)
-
-    def _sandbox(self, sid: str) -> dict:
-        rec = read_json(os.path.join(self._sdir(os.path.basename(sid)), "sandbox.json")) if sid else None
-        if rec is None:
-            raise NotFoundError(f"pod sandbox {sid!r} not found")
-        return rec
-
-    def _container(self, cid: str) -> dict:
-        rec = read_json(os.path.join(self._cdir(os.path.basename(cid)), "config.json")) if cid else None
-        if rec is None:
-            raise NotFoundError(f"container {cid!r} not found")
-        return rec
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return env
 
     # -- images -------------------------------------------------------------------
     def resolve_image(self, image: str) -> str | None:
@@ -390,8 +345,8 @@ class ProcessRuntime(Runtime):
 
     async def pod_sandbox_status(self, sandbox_id: str) -> PodSandboxStatus:
         rec = self._sandbox(sandbox_id)
-        cfg = _sandbox_config(rec["config"])
-        notices = _notices(rec.get("notices", []))
+        cfg = sandbox_config_from(rec["config"])
+        notices = notices_from(rec.get("notices", []))
         state = SandboxState.READY if self._sandbox_ready(rec) else SandboxState.NOTREADY
         if state == SandboxState.NOTREADY and rec["state"] == SandboxState.READY.value:
             notices.append(Notice("SandboxHolderGone", "the process holding the pod's namespaces has exited"))
@@ -401,19 +356,6 @@ class ProcessRuntime(Runtime):
             labels=cfg.labels, annotations=cfg.annotations, namespace_options=cfg.namespace_options,
             pid=h["pid"] if h and state == SandboxState.READY else None, notices=notices,
         )
-
-    async def list_pod_sandboxes(self, filter: SandboxFilter | None = None) -> list[PodSandboxStatus]:
-        out = []
-        for sid in sorted(os.listdir(os.path.join(self.root, "sandboxes"))):
-            if filter and filter.id and not sid.startswith(filter.id):
-                continue
-            try:
-                st = await self.pod_sandbox_status(sid)
-            except NotFoundError:
-                continue  # removed while listing
-            if filter is None or filter.matches(st):
-                out.append(st)
-        return sorted(out, key=lambda s: s.created_at)
 
     # -- containers -----------------------------------------------------------------
     async def create_container(self, sandbox_id: str, config: ContainerConfig) -> str:
@@ -425,11 +367,11 @@ class ProcessRuntime(Runtime):
             raise CreateContainerError(
                 "no command given: the process runtime has no image metadata to supply an entrypoint"
             )
-        sb_cfg = _sandbox_config(sb["config"])
+        sb_cfg = sandbox_config_from(sb["config"])
         cid = secrets.token_hex(32)
         cdir = self._cdir(cid)
         os.makedirs(cdir)
-        notices = list(_notices(sb.get("notices", [])))
+        notices = list(notices_from(sb.get("notices", [])))
         rootfs = self.resolve_image(config.image)
         if rootfs is None:
             notices.append(Notice("ImageNotProvided", self._image_message(config.image)))
@@ -513,30 +455,17 @@ class ProcessRuntime(Runtime):
     async def container_status(self, container_id: str) -> ContainerStatus:
         rec = self._container(container_id)
         cdir = self._cdir(rec["id"])
-        cfg = _container_config(rec["config"])
+        cfg = container_config_from(rec["config"])
         st = ContainerStatus(
             id=rec["id"], sandbox_id=rec["sandbox_id"], metadata=cfg.metadata, state=ContainerState.CREATED,
             image=cfg.image, created_at=rec["created_at"], log_path=rec["launch"]["log_path"],
             labels=cfg.labels, annotations=cfg.annotations, rootfs=rec.get("rootfs"),
-            notices=_notices(rec.get("notices", [])),
+            notices=notices_from(rec.get("notices", [])),
         )
         seen = observe(cdir)
         st.state, st.pid, st.started_at, st.finished_at = seen.state, seen.pid, seen.started_at, seen.finished_at
         st.exit_code, st.reason, st.message = seen.exit_code, seen.reason, seen.message
         return st
-
-    async def list_containers(self, filter: ContainerFilter | None = None) -> list[ContainerStatus]:
-        out = []
-        for cid in os.listdir(os.path.join(self.root, "containers")):
-            if filter and filter.id and not cid.startswith(filter.id):
-                continue
-            try:
-                st = await self.container_status(cid)
-            except NotFoundError:
-                continue
-            if filter is None or filter.matches(st):
-                out.append(st)
-        return sorted(out, key=lambda s: s.created_at)
 
     async def stop_container(self, container_id: str, timeout: float) -> None:
         rec = self._container(container_id)
