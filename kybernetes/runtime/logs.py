@@ -93,10 +93,13 @@ class LogWriter:
             del buf[:MAX_LINE]
 
     def flush(self) -> None:
-        """Write what is left of unterminated lines (the stream ended without a newline)."""
+        """Write what is left of unterminated lines (the stream ended without a newline).
+
+        As a partial record, as containerd writes it: no newline was written, so readers
+        (``kubectl logs``, a FallbackToLogsOnError termination message) add none."""
         for stream, buf in self._pending.items():
             if buf:
-                self._record(stream, b"F", bytes(buf))
+                self._record(stream, b"P", bytes(buf))
                 buf.clear()
 
     def close(self) -> None:

@@ -309,8 +309,10 @@ def test_image_pull_secrets(oci: Server, private: Registry):
 
 
 def test_exec_it_port_forward_and_restart_adoption(oci: Server):
+    # A port free now: the pod shares the node's network here (no pod network in this module).
+    port = free_port()
     oci.kubectl("run", "shell", "--image=busybox", "--image-pull-policy=IfNotPresent", "--command", "--",
-                "sh", "-c", f"httpd -f -p {HTTP_PORT + 1} -h /etc & exec sleep 3600")
+                "sh", "-c", f"httpd -f -p {port} -h /etc & exec sleep 3600")
     oci.kubectl("wait", "--for=condition=Ready", "pod/shell", "--timeout=60s")
     env = dict(os.environ, KUBECONFIG=str(oci.kubeconfig), TERM="xterm")
     t = Terminal([KUBECTL, "exec", "-it", "shell", "--", "sh"], env, rows=24, cols=80)
@@ -335,7 +337,7 @@ def test_exec_it_port_forward_and_restart_adoption(oci: Server):
         t.close()
     # port-forward reaches the pod's port.
     local = free_port()
-    pf = subprocess.Popen([KUBECTL, "port-forward", "pod/shell", f"{local}:{HTTP_PORT + 1}"], env=env,
+    pf = subprocess.Popen([KUBECTL, "port-forward", "pod/shell", f"{local}:{port}"], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         def fetched():

@@ -44,7 +44,7 @@ def test_writer_lines_partial_and_flush(tmp_path) -> None:
         (b"stderr", False, b"oops"),
         (b"stdout", False, b"world"),
         (b"stdout", True, b"x" * MAX_LINE),
-        (b"stdout", False, b"x" * 10 + b"tail"),
+        (b"stdout", True, b"x" * 10 + b"tail"),  # ended without a newline: partial
     ]
     line = open(path, "rb").readline()
     assert line.split(b" ")[0].endswith(b"Z") and len(line.split(b" ")[0]) == 30
