@@ -558,7 +558,10 @@ class PodWorker:
             os.unlink(log_path)  # a stale file from an attempt the runtime forgot
         annotations = {ANNOTATION_RESTARTS: str(attempt)}
         if rt.isolated_filesystem and self._own_network():
-            mounts.extend(self._network_files())
+            # A volume the pod mounts at /etc/hosts or /etc/resolv.conf wins: the kubelet then
+            # does not manage that file (as upstream).
+            taken = {os.path.normpath(m.container_path) for m in mounts}
+            mounts.extend(m for m in self._network_files() if m.container_path not in taken)
         if rt.isolated_filesystem:
             term = termination.prepare(os.path.join(k.volumes.pod_dir(self.uid), "containers"), rec.name,
                                        attempt)

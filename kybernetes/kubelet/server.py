@@ -50,7 +50,10 @@ log = logging.getLogger("kybernetes.kubelet.server")
 # The channel protocols, newest first: v5 lets the client half-close stdin.
 V5 = "v5.channel.k8s.io"
 V4 = "v4.channel.k8s.io"
-PROTOCOLS = (V5, V4)
+# The first channel protocol: no status on the error channel, only an error's text (old clients,
+# the 1.20 e2e suite's websocket tests).
+V1 = "channel.k8s.io"
+PROTOCOLS = (V5, V4, V1)
 # How long an exec or attach with a terminal waits for the client's first resize.
 FIRST_RESIZE_WAIT = 0.5
 
@@ -343,6 +346,9 @@ class _Session:
         self.stdout = stdout
         self.stderr = stderr
         self.v5 = ws.ws_protocol == V5
+        # v4 and v5 report how the command ended as a Status on the error channel; the first
+        # protocol (or none negotiated) only ever writes an error's message there.
+        self.statuses = ws.ws_protocol in (V4, V5)
         # One frame at a time: output pumps and the final status share the socket.
         self._send_lock = asyncio.Lock()
 
@@ -388,7 +394,8 @@ class _Session:
                 handle = await self.runtime.attach(self.cid, stdin=self.stdin)
         except (RuntimeServiceError, OSError) as e:
             what = "executing command in container" if self.cmd is not None else "attaching to container"
-            await self._send(ERROR, status(500, "InternalError", f"error {what}: {e}"))
+            message = f"error {what}: {e}"
+            await self._send(ERROR, status(500, "InternalError", message) if self.statuses else message.encode())
             return
         reader = asyncio.create_task(self._read_client(handle, inbox))
         try:
@@ -400,7 +407,10 @@ class _Session:
             done, _ = await asyncio.wait({output, reader}, return_when=asyncio.FIRST_COMPLETED)
             if output in done:
                 code = await handle.wait()
-                await self._send(ERROR, exit_status(code, self.cmd or []))
+                if self.statuses:
+                    await self._send(ERROR, exit_status(code, self.cmd or []))
+                elif code:
+                    await self._send(ERROR, f"command terminated with non-zero exit code: {code}".encode())
             else:
                 output.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -225,6 +225,14 @@ def test_dns_records_and_host_network(cluster: NamespacedServer):
                      "nslookup kubernetes.default.svc.cluster.local")
     assert "db.example.internal" in out, out
     assert "Address: " + s.kjson("get", "svc", "kubernetes")["spec"]["clusterIP"] in out, out
+    # A pod that mounts its own /etc/hosts keeps it: the kubelet manages only the ones it gives.
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ownhosts"}, "spec": {
+        "restartPolicy": "Never", "volumes": [{"name": "h", "hostPath": {"path": "/etc/hosts", "type": "File"}}],
+        "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                        "command": ["cat", "/etc/hosts"], "volumeMounts": [{"name": "h", "mountPath": "/etc/hosts"}]}]}}
+    s.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_for(lambda: s.kjson("get", "pod", "ownhosts")["status"].get("phase") == "Succeeded", 60)
+    assert s.kubectl("logs", "ownhosts").stdout == Path("/etc/hosts").read_text()
     # A hostNetwork pod stays on the node's network and address.
     manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "onhost"}, "spec": {
         "hostNetwork": True, "restartPolicy": "Never", "containers": [{

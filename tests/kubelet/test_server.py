@@ -267,6 +267,17 @@ async def test_exec_stdout_stderr_and_exit_code(proc_env):
         out, _ = await collect(ws)
     assert out[1] == b"hi\n" and orjson.loads(out[3]) == orjson.loads(exit_status(0, []))
 
+    # The first channel protocol (the 1.20 e2e suite's): no status frame on success, an error's
+    # text on failure.
+    async with ws_connect(client, srv, "/exec/default/p/c", params, protocols=("channel.k8s.io",)) as ws:
+        assert ws.protocol == "channel.k8s.io"
+        out, _ = await collect(ws)
+    assert out[1] == b"hi\n" and 3 not in out
+    params = [("command", "sh"), ("command", "-c"), ("command", "exit 3"), ("stdout", "true")]
+    async with ws_connect(client, srv, "/exec/default/p/c", params, protocols=("channel.k8s.io",)) as ws:
+        out, _ = await collect(ws)
+    assert out[3] == b"command terminated with non-zero exit code: 3"
+
 
 async def test_exec_stdin_and_v5_close(proc_env):
     kubelet, srv, client = proc_env
