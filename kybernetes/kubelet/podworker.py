@@ -805,6 +805,8 @@ class PodWorker:
     def _container_status(self, rec: ContainerRecord) -> Obj:
         started, ready = self._ready(rec)
         st = rec.status
+        if rec.init and st is not None and st.state == ContainerState.EXITED and st.exit_code == 0:
+            ready = True  # upstream counts an init container that completed as ready
         waiting = rec.waiting
         if waiting is None and rec.container_id is None:
             waiting = ("PodInitializing", "") if not rec.init and self._init_records() and not \

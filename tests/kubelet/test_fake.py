@@ -178,6 +178,7 @@ async def test_init_then_app_with_exit_codes(client: Client, make_kubelet) -> No
 
     s = await eventually(done, 5, "Succeeded")
     assert s["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
+    assert s["initContainerStatuses"][0]["ready"] is True  # a completed init container is ready
     assert cond(s, "Initialized") == "True"
 
 
