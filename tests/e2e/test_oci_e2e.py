@@ -41,8 +41,9 @@ pytestmark = [needs_kubectl,
 
 KYB = [sys.executable, "-m", "kybernetes.cli.main"]
 HTTP_PORT = free_port()
-# busybox ash's prompt, then its cursor-position query (line editing asks the terminal once).
-BUSYBOX_PROMPT = r"# (?:\x1b\[6n)?$"
+# busybox ash's prompt, then whatever line editing sends after it: a cursor-position query
+# (ESC[6n) and, when the terminal does not answer, a redraw ending in ESC[J.
+BUSYBOX_PROMPT = r"# (?:\x1b\[[0-9;]*[A-Za-z](?:/ # )?)*$"
 
 
 class Registry:
