@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -373,35 +373,20 @@ def desired_subsets(svc: Obj, pods: Iterable[Obj]) -> list[Obj]:
 # ---------------------------------------------------------------------- the controller
 
 
-class EndpointsController(Controller):
-    name = "endpoints"
-    workers = 4
+class ServicePodEvents:
+    """The Service and Pod events both endpoint controllers act on: a Service's own changes,
+    and a pod's (old or new labels) for every Service selecting it, each noted for the
+    last-change-trigger-time. Needs ``services``, ``pods``, ``triggers`` and ``enqueue``."""
 
-    def __init__(self, client: Client, *, max_capacity: int = MAX_ENDPOINTS_CAPACITY):
-        super().__init__(client)
-        self.max_capacity = max_capacity
-        self.endpoints_client = client.resource("v1", "endpoints")
-        self.services = self.informer("v1", "services")
-        self.pods = self.informer("v1", "pods")
-        self.endpoints = self.informer("v1", "endpoints")
-        self.triggers = TriggerTimes()
+    services: Informer
+    pods: Informer
+    triggers: TriggerTimes
+    enqueue: Callable[[str], None]  # the Controller's
+
+    def watch_services_and_pods(self) -> None:
         self.services.add_handler(on_add=self._service_event, on_update=lambda _o, n: self._service_event(n),
                                   on_delete=self._service_event)
         self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_added)
-        self.endpoints.add_handler(on_add=self._endpoints_seen, on_update=self._endpoints_updated,
-                                   on_delete=self._endpoints_deleted)
-
-    async def start(self) -> None:
-        await super().start()
-        # Endpoints whose Service went away while no controller ran (upstream's
-        # checkLeftoverEndpoints): each gets a sync, which deletes it.
-        for ep in self.endpoints.list():
-            if LEADER_ANNOTATION in ((ep.get("metadata") or {}).get("annotations") or {}):
-                continue
-            if key_of(ep) not in self.services:
-                self.enqueue(key_of(ep))
-
-    # ------------------------------------------------------------ event handlers
 
     def _touch(self, key: str) -> None:
         self.triggers.touch(key)
@@ -418,6 +403,36 @@ class EndpointsController(Controller):
     def _pod_updated(self, old: Obj, new: Obj) -> None:
         for key in services_to_update(self.services, old, new):
             self._touch(key)
+
+
+class EndpointsController(ServicePodEvents, Controller):
+    name = "endpoints"
+    workers = 4
+
+    def __init__(self, client: Client, *, max_capacity: int = MAX_ENDPOINTS_CAPACITY):
+        super().__init__(client)
+        self.max_capacity = max_capacity
+        self.endpoints_client = client.resource("v1", "endpoints")
+        self.services = self.informer("v1", "services")
+        self.pods = self.informer("v1", "pods")
+        self.endpoints = self.informer("v1", "endpoints")
+        self.triggers = TriggerTimes()
+        self.watch_services_and_pods()
+        self.endpoints.add_handler(on_add=self._endpoints_seen, on_update=self._endpoints_updated,
+                                   on_delete=self._endpoints_deleted)
+
+    async def start(self) -> None:
+        await super().start()
+        # Endpoints whose Service went away while no controller ran (upstream's
+        # checkLeftoverEndpoints): each gets a sync, which deletes it.
+        for ep in self.endpoints.list():
+            if LEADER_ANNOTATION in ((ep.get("metadata") or {}).get("annotations") or {}):
+                continue
+            if key_of(ep) not in self.services:
+                self.enqueue(key_of(ep))
+
+    # ------------------------------------------------------------ event handlers
+
 
     def _endpoints_seen(self, ep: Obj) -> None:
         # Only for a Service we know: Endpoints made before their selector-less

@@ -62,6 +62,7 @@ from .common import Obj, is_pod_ready
 from .endpoints import (
     HEADLESS_LABEL,
     LEADER_ANNOTATION,
+    ServicePodEvents,
     TRIGGER_TIME_ANNOTATION,
     TriggerTimes,
     find_port,
@@ -73,8 +74,6 @@ from .endpoints import (
     rfc3339_nano,
     selects,
     service_selector,
-    services_for_labels,
-    services_to_update,
     should_pod_be_in_endpoints,
     should_set_hostname,
     target_ref,
@@ -561,7 +560,7 @@ class _SliceWriter(Controller):
         self.tracker.deleted(key, s)
 
 
-class EndpointSliceController(_SliceWriter):
+class EndpointSliceController(ServicePodEvents, _SliceWriter):
     name = "endpointslice"
     workers = 4
     manager = CONTROLLER_NAME
@@ -573,28 +572,11 @@ class EndpointSliceController(_SliceWriter):
         self.nodes = self.informer("v1", "nodes", namespaced=False)
         self.pods.add_index(NODE_INDEX, pod_node_index)
         self.triggers = TriggerTimes()
-        self.services.add_handler(on_add=self._service_event, on_update=lambda _o, n: self._service_event(n),
-                                  on_delete=self._service_event)
-        self.pods.add_handler(on_add=self._pod_added, on_update=self._pod_updated, on_delete=self._pod_added)
+        self.watch_services_and_pods()
         self.nodes.add_handler(on_add=self._node_event, on_update=self._node_updated, on_delete=self._node_event)
 
     # ------------------------------------------------------------ event handlers
 
-    def _touch(self, key: str) -> None:
-        self.triggers.touch(key)
-        self.enqueue(key)
-
-    def _service_event(self, svc: Obj) -> None:
-        self._touch(key_of(svc))
-
-    def _pod_added(self, pod: Obj) -> None:
-        m = pod.get("metadata") or {}
-        for key in services_for_labels(self.services, m.get("namespace") or "", m.get("labels")):
-            self._touch(key)
-
-    def _pod_updated(self, old: Obj, new: Obj) -> None:
-        for key in services_to_update(self.services, old, new):
-            self._touch(key)
 
     def _node_event(self, node: Obj) -> None:
         # Pods on a node that was missing (or is gone) join (or leave) their slices.
