@@ -52,7 +52,7 @@ from kybernetes.images.model import (
 from kybernetes.images.reference import is_digest
 from kybernetes.images.registry import select_manifest
 from kybernetes.images.reference import parse as parse_reference
-from kybernetes.images.unpack import compression, decompressor
+from kybernetes.images.unpack import clean_path, compression, decompressor
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +103,11 @@ class _Source:
 
 
 def _norm(name: str) -> str:
-    parts: list[str] = []
-    for c in name.split("/"):
-        if c in ("", "."):
-            continue
-        if c == "..":
-            if not parts:
-                raise UnsupportedImage(f"archive names {name!r}, outside the archive")
-            parts.pop()
-        else:
-            parts.append(c)
-    return "/".join(parts)
+    """A member name as a path inside the archive (the same rule as a layer's entries)."""
+    try:
+        return "/".join(clean_path(name))
+    except UnsupportedImage:
+        raise UnsupportedImage(f"archive names {name!r}, outside the archive") from None
 
 
 class _DirSource(_Source):

@@ -184,7 +184,7 @@ def apply_layer(tar_path: str, target: str, mode: Mode = "overlay", *, blob_dige
     return AppliedLayer(stream.digest, applier.size)
 
 
-def _clean(name: str) -> tuple[str, ...]:
+def clean_path(name: str) -> tuple[str, ...]:
     """A tar member name as path components inside the root; refuses one climbing above it."""
     parts: list[str] = []
     for c in name.split("/"):
@@ -294,7 +294,7 @@ class _Applier:
         self._finish_dirs()
 
     def _entry(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-        parts = _clean(m.name)
+        parts = clean_path(m.name)
         if not parts:
             return  # the root itself: the snapshot dir's own attributes stay ours
         base = parts[-1]
@@ -378,7 +378,7 @@ class _Applier:
         return True
 
     def _hardlink(self, m: tarfile.TarInfo, parent: int, base: str) -> None:
-        target = _clean(m.linkname)
+        target = clean_path(m.linkname)
         if not target:
             raise UnsupportedImage(f"layer entry {m.name!r} is a hard link to the root")
         try:
