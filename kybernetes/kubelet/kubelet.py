@@ -105,7 +105,7 @@ class Kubelet:
         self.backoff = BackOff(cfg.backoff_base, cfg.backoff_max)
         # The node's image service; runtimes that carry their own images are wrapped.
         self.images = images if images is not None else RuntimeImages(runtime)
-        self.image_manager = ImageManager(self.images, event=self._image_event, get_secret=self.get_secret)
+        self.image_manager = ImageManager(self.images, event=self.event, get_secret=self.get_secret)
         # The pod network (None: every pod shares the node's network).
         self.network = network
         self.pod_informer = Informer(self.pods, field_selector=f"spec.nodeName={cfg.node_name}")
@@ -290,9 +290,6 @@ class Kubelet:
 
     def pulling(self, image: str, worker: PodWorker) -> None:
         self._pulling[image] = worker
-
-    def _image_event(self, pod: Obj, type_: str, reason: str, message: str, field_path: str = "") -> None:
-        self.event(pod, type_, reason, message, field_path=field_path)
 
     def event(self, pod: Obj, type_: str, reason: str, message: str, field_path: str = "") -> None:
         """Record a core/v1 Event about a pod (written in the background, repeats counted)."""
