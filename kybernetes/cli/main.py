@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -235,7 +236,7 @@ def embedded_serving_context(pki, data: Path, args: argparse.Namespace):
     from ..kubelet.server import ensure_serving_cert, serving_ssl_context
 
     crt, key = data / "pki" / "kubelet.crt", data / "pki" / "kubelet.key"
-    ensure_serving_cert(pki, crt, key, sorted({args.node_ip, node_name(args), "127.0.0.1", "localhost"}))
+    ensure_serving_cert(pki, crt, key, sorted({*node_ips(args), node_name(args), "127.0.0.1", "localhost"}))
     return serving_ssl_context(pki.ca_cert, crt, key)
 
 
@@ -348,6 +349,19 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def node_ips(args: argparse.Namespace) -> list[str]:
+    """--node-ip as k3s spells it: one address, or an IPv4,IPv6 pair on a dual-stack node
+    (the first is the primary: the kubelet listens there and it is status.hostIP)."""
+    ips = _split(args.node_ip) or ["127.0.0.1"]
+    try:
+        parsed = [ipaddress.ip_address(ip) for ip in ips]
+    except ValueError as e:
+        raise SystemExit(f"kyb: --node-ip {args.node_ip!r}: {e}") from None
+    if len(parsed) > 2 or (len(parsed) == 2 and parsed[0].version == parsed[1].version):
+        raise SystemExit(f"kyb: --node-ip {args.node_ip!r}: give one address or an IPv4,IPv6 pair")
+    return [str(ip) for ip in parsed]
+
+
 async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
                      cluster: dict[str, str] | None = None) -> Node:
     """A node: kubelet, runtime, image service, and (with a pod network) the service proxy.
@@ -360,7 +374,8 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
     log = logging.getLogger("kybernetes.node")
     cluster = cluster or {}
     name = node_name(args)
-    node_ip = args.node_ip
+    ips = node_ips(args)
+    node_ip = ips[0]
     kind, why = choose_runtime(args.runtime)
     images = open_images(data, args) if kind == "oci" else None
     runtime = make_runtime(kind, data, images)
@@ -371,13 +386,13 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
     if own_net:
         from ..kubelet.network import NetworkManager
         network = NetworkManager(client, name, str(data / "network"), cluster_cidrs=cluster_cidrs,
-                                 node_ips=[node_ip])
+                                 node_ips=ips)
     log.info("node %s: pod network %s (%s)", name, "bridge" if own_net else "none, pods use the node's", net_why)
     # The server learns the kubelet after it knows its port, which the Node object publishes.
     server = KubeletServer(None, node_ip, args.kubelet_port, ssl_context)
     await server.start()
     kubelet = Kubelet(client, runtime, KubeletConfig(
-        node_name=name, root_dir=str(data / "kubelet"), host_ip=node_ip, port=server.port,
+        node_name=name, root_dir=str(data / "kubelet"), host_ip=node_ip, host_ips=ips, port=server.port,
         static_pod_path=str(data / "manifests"),
         image_gc_high_threshold_percent=args.image_gc_high_threshold,
         image_gc_low_threshold_percent=args.image_gc_low_threshold,
@@ -388,7 +403,7 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
     if own_net:
         # The service proxy runs beside the kubelet on every node, as k3s embeds kube-proxy.
         from ..network.proxy import ServiceProxy
-        proxy = ServiceProxy(client, name, [node_ip], cluster_cidrs=cluster_cidrs)
+        proxy = ServiceProxy(client, name, ips, cluster_cidrs=cluster_cidrs)
         await proxy.start()
     return Node(kubelet, runtime, server, client, images=images, proxy=proxy)
 
@@ -415,7 +430,7 @@ async def run_agent(args: argparse.Namespace) -> int:
         raise SystemExit(f"kyb agent: cannot join {args.server}: {e}") from None
     client_ctx = bootstrap.client_ssl_context(files)
     client = Client(HTTPTransport(args.server, ssl_context=client_ctx))
-    hosts = sorted({args.node_ip, name})
+    hosts = sorted({*node_ips(args), name})
     serving_ctx = bootstrap.serving_ssl_context(files, hosts)
     node = await start_node(client, data, args, serving_ctx, await read_cluster_config(client))
     node.certs = bootstrap.CertificateManager(client, files, name, hosts, client_ctx, serving_ctx)
@@ -517,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--node-monitor-grace-period", type=float, default=40.0,
                    help="seconds without a lease renewal before a node is Unknown and tainted")
     s.add_argument("--node-name", default="", help="name of the embedded node (default: the host name)")
-    s.add_argument("--node-ip", default="127.0.0.1", help="address the embedded node's kubelet listens on")
+    s.add_argument("--node-ip", default="127.0.0.1",
+                   help="the embedded node's address (its kubelet listens there), or an IPv4,IPv6 pair for a "
+                        "dual-stack node")
     s.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
@@ -544,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--server-data-dir", default="",
                     help="the server's data dir on this machine: trust its pki/ca.crt (instead of a CA hash)")
     ag.add_argument("--data-dir", default=str(default_data_dir() / "agent"))
-    ag.add_argument("--node-ip", default="127.0.0.1")
+    ag.add_argument("--node-ip", default="127.0.0.1",
+                    help="the node's address (its kubelet listens there), or an IPv4,IPv6 pair for a dual-stack node")
     ag.add_argument("--kubelet-port", type=int, default=10250)
     add_node_flags(ag)
     k = sub.add_parser("killall", help="stop every pod a data dir's node runs")

@@ -45,6 +45,9 @@ class KubeletConfig:
     node_name: str = field(default_factory=lambda: socket.gethostname().lower())
     root_dir: str = "/var/lib/kybernetes/kubelet"
     host_ip: str = ""  # detected from the default route when empty
+    # Every address of the node, host_ip first (an IPv4,IPv6 pair on a dual-stack node):
+    # the Node's InternalIPs and pods' status.hostIPs. Empty: host_ip alone.
+    host_ips: list[str] = field(default_factory=list)
     port: int = 10250  # the streaming server's port, published in the Node's daemonEndpoints
     sync_period: float = 1.0  # how often a pod worker polls the runtime (upstream's PLEG relist)
     volume_sync_period: float = 5.0  # configMap/secret/downwardAPI refresh of running pods
@@ -80,14 +83,15 @@ class Kubelet:
                 raise TypeError(f"unknown kubelet option {k!r}")
             setattr(cfg, k, v)
         cfg.root_dir = os.path.abspath(cfg.root_dir)
-        cfg.host_ip = cfg.host_ip or detect_host_ip()
+        cfg.host_ip = cfg.host_ip or (cfg.host_ips[0] if cfg.host_ips else detect_host_ip())
+        cfg.host_ips = [cfg.host_ip, *(ip for ip in cfg.host_ips if ip != cfg.host_ip)]
         self.config = cfg
         self.client = client
         self.runtime = runtime
         self.node_name = cfg.node_name
         os.makedirs(cfg.root_dir, exist_ok=True)
         self.node = NodeStatusManager(client, NodeConfig(
-            name=cfg.node_name, root_dir=cfg.root_dir, host_ip=cfg.host_ip, port=cfg.port,
+            name=cfg.node_name, root_dir=cfg.root_dir, host_ip=cfg.host_ip, host_ips=cfg.host_ips, port=cfg.port,
             lease_duration=cfg.lease_duration, lease_renew_interval=cfg.lease_renew_interval,
             status_update_frequency=cfg.node_status_update_frequency,
             status_report_frequency=cfg.node_status_report_frequency, max_pods=cfg.max_pods,
@@ -305,6 +309,8 @@ class Kubelet:
         for n in notices:
             if n.reason in _NODE_WIDE_NOTICES:
                 continue
+            if n.reason == "NetworkNotConfigured" and worker.own_network():
+                continue  # the runtime's sandbox has loopback only until the pod network adds it
             key = (worker.uid, n.reason, n.message)
             if key not in self._noticed:
                 self._noticed.add(key)

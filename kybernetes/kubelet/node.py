@@ -149,6 +149,7 @@ class NodeConfig:
     name: str
     root_dir: str
     host_ip: str
+    host_ips: list[str] | None = None  # every InternalIP, host_ip first; None: host_ip alone
     port: int = 10250
     lease_duration: int = 40
     lease_renew_interval: float = 10.0
@@ -196,7 +197,8 @@ class NodeStatusManager:
             "capacity": cap,
             "allocatable": alloc,
             "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": self.config.host_ip},
+            "addresses": [*({"type": "InternalIP", "address": ip}
+                            for ip in self.config.host_ips or [self.config.host_ip]),
                           {"type": "Hostname", "address": self.config.name}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": self.config.port}},
             "nodeInfo": {

@@ -325,14 +325,14 @@ class PodWorker:
     def _pod_ip(self) -> str:
         return self.pod_ips[0] if self.pod_ips else self.kubelet.config.host_ip
 
-    def _own_network(self) -> bool:
+    def own_network(self) -> bool:
         """Whether this pod gets its own network (the node has a pod network, and no hostNetwork)."""
         return self.kubelet.network is not None and not (self.pod.get("spec") or {}).get("hostNetwork")
 
     async def _network_ips(self) -> None:
         """The sandbox's addresses from the pod network (after an adoption, once it is ready)."""
         net = self.kubelet.network
-        if self.pod_ips or self.sandbox_id is None or net is None or not net.ready or not self._own_network():
+        if self.pod_ips or self.sandbox_id is None or net is None or not net.ready or not self.own_network():
             return
         got = await net.status(self.sandbox_id)
         if got is not None:
@@ -354,7 +354,7 @@ class PodWorker:
         if not await self._sync_volumes():
             return False
         net = self.kubelet.network
-        own_net = self._own_network()
+        own_net = self.own_network()
         if self.sandbox_id is None and own_net and net is not None and not net.ready:
             if not self._said_network_not_ready:
                 self._said_network_not_ready = True
@@ -557,7 +557,7 @@ class PodWorker:
         if os.path.exists(log_path):
             os.unlink(log_path)  # a stale file from an attempt the runtime forgot
         annotations = {ANNOTATION_RESTARTS: str(attempt)}
-        if rt.isolated_filesystem and self._own_network():
+        if rt.isolated_filesystem and self.own_network():
             # A volume the pod mounts at /etc/hosts or /etc/resolv.conf wins: the kubelet then
             # does not manage that file (as upstream).
             taken = {os.path.normpath(m.container_path) for m in mounts}
@@ -772,7 +772,7 @@ class PodWorker:
     async def _release_network(self) -> None:
         """Give the sandbox's addresses back (upstream tears the network down when a sandbox stops)."""
         net = self.kubelet.network
-        if self.sandbox_id is not None and net is not None and self._own_network():
+        if self.sandbox_id is not None and net is not None and self.own_network():
             try:
                 await net.delete(self.sandbox_id)
             except Exception:  # noqa: BLE001 - the network's GC frees what a failed delete leaves
@@ -851,10 +851,10 @@ class PodWorker:
         conds = podstatus.conditions(self.pod, sandbox_ready=self.sandbox_ready and not terminating,
                                      initialized=initialized, incomplete_init=incomplete, unready=unready,
                                      phase_=phase, previous=list(old.get("conditions") or []))
-        host_ip = self.kubelet.config.host_ip
+        host_ips = self.kubelet.config.host_ips or [self.kubelet.config.host_ip]
         out: Obj = {
-            "phase": phase, "conditions": conds, "hostIP": host_ip, "hostIPs": [{"ip": host_ip}],
-            "podIP": self._pod_ip(), "podIPs": [{"ip": ip} for ip in (self.pod_ips or [self._pod_ip()])],
+            "phase": phase, "conditions": conds, "hostIP": host_ips[0], "hostIPs": [{"ip": ip} for ip in host_ips],
+            "podIP": self._pod_ip(), "podIPs": [{"ip": ip} for ip in (self.pod_ips or host_ips)],
             "startTime": self.start_time or old.get("startTime"),
             "qosClass": old.get("qosClass") or podstatus.qos_class(self.pod),
             "containerStatuses": apps,

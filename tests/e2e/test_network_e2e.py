@@ -1,7 +1,7 @@
 """The pod network, Services and cluster DNS through the real kubectl.
 
 The whole node runs in a network namespace the test creates (as kind runs nodes in
-containers), joined to the test by a veth pair: `kyb server` there gives every pod its
+containers), on a LAN of the test's own (nodenet.py): `kyb server` there gives every pod its
 own network namespace and an address from the node's pod CIDR, runs the nftables
 service proxy and the cluster DNS. The node namespace has no default route, so nothing
 a pod does can leave it; the test talks only to the node's address on that veth.
@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,84 +20,20 @@ import pytest
 from kybernetes.images import build
 
 from .conftest import KUBECTL, Server, free_port, needs_kubectl, wait_for
+from .nodenet import KYB, NamespacedServer, NodeLan, capable, try_get
 
 
-def _capable() -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "needs root (network namespaces, bridges, nftables)"
-    for tool in ("ip", "nft", "nsenter"):
-        if shutil.which(tool) is None:
-            return False, f"{tool} not found"
-    from kybernetes.runtime.oci import OciRuntime
-    return OciRuntime.available()
-
-
-_OK, _WHY = _capable()
+_OK, _WHY = capable()
 pytestmark = [needs_kubectl, pytest.mark.skipif(not _OK, reason=_WHY)]
 
-KYB = [sys.executable, "-m", "kybernetes.cli.main"]
 # A deployment whose pods say who they are: three replicas all bind 8080, each in its own netns.
 WHOAMI = ["sh", "-c", "hostname > /www/host; exec httpd -f -p 8080 -h /www"]
 
 
-class NodeNamespace:
-    """A network namespace for a node, with a veth to the test: 10.250.N.1 (test) - 10.250.N.2 (node)."""
-
-    def __init__(self) -> None:
-        tag = secrets.token_hex(3)
-        self.name = f"kybnode-{tag}"
-        self.host_if, self.node_if = f"kyb{tag}h", f"kyb{tag}n"
-        n = int(tag, 16) % 200 + 20
-        self.host_ip, self.node_ip = f"10.250.{n}.1", f"10.250.{n}.2"
-        self._run("ip", "netns", "add", self.name)
-        self._run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.node_if)
-        self._run("ip", "link", "set", self.node_if, "netns", self.name)
-        self._run("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if)
-        self._run("ip", "link", "set", self.host_if, "up")
-        self.exec("ip", "link", "set", "lo", "up")
-        self.exec("ip", "addr", "add", f"{self.node_ip}/30", "dev", self.node_if)
-        self.exec("ip", "link", "set", self.node_if, "up")
-
-    @staticmethod
-    def _run(*argv: str) -> None:
-        subprocess.run(argv, check=True, capture_output=True)
-
-    def exec(self, *argv: str) -> None:
-        self._run("ip", "netns", "exec", self.name, *argv)
-
-    def prefix(self) -> list[str]:
-        # nsenter changes only the network namespace: `ip netns exec` would also remount /sys
-        # and hide the cgroup hierarchies the OCI runtime needs.
-        return ["nsenter", f"--net=/run/netns/{self.name}"]
-
-    def delete(self) -> None:
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
-
-
-class NamespacedServer(Server):
-    """`kyb server` started inside a node namespace, reached on the node's veth address."""
-
-    def __init__(self, data_dir: Path, port: int, ns: NodeNamespace):
-        super().__init__(data_dir, port, ["--bind", ns.node_ip, "--node-ip", ns.node_ip, "--tls-san", ns.node_ip,
-                                          "--runtime", "oci", "--pod-network", "bridge"])
-        self.ns = ns
-
-    def start(self, timeout: float = 30.0) -> float:
-        t0 = time.monotonic()
-        logf = open(self.log, "ab")  # noqa: SIM115 - the server process owns it
-        self.proc = subprocess.Popen(
-            [*self.ns.prefix(), *KYB, "server", "--data-dir", str(self.data_dir), "--port", str(self.port),
-             "--kubelet-port", "0", *self.extra_args], stdout=logf, stderr=logf)
-        wait_for(lambda: self.proc.poll() is not None or b"ready at" in self.log.read_bytes(), timeout)
-        if self.proc.poll() is not None:
-            raise RuntimeError("server exited:\n" + self.log.read_text())
-        return time.monotonic() - t0
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    ns = NodeNamespace()
+    lan = NodeLan()
+    ns = lan.add_node()
     data = tmp_path_factory.mktemp("kyb-net")
     images = tmp_path_factory.mktemp("images")
     try:
@@ -121,7 +52,7 @@ def cluster(tmp_path_factory):
         yield s
         s.stop()
     finally:
-        ns.delete()
+        lan.delete()
 
 
 def client_pod(server: Server, name: str, script: str) -> str:
@@ -135,15 +66,6 @@ def client_pod(server: Server, name: str, script: str) -> str:
     assert wait_for(done, 60) == "Succeeded", server.kubectl("describe", "pod", name).stdout
     out = server.kubectl("logs", name).stdout
     server.kubectl("delete", "pod", name, "--wait=false")
-    return out
-
-
-def http_get(host: str, port: int, path: str = "/") -> bytes:
-    with socket.create_connection((host, port), timeout=5) as s:
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        out = b""
-        while chunk := s.recv(65536):
-            out += chunk
     return out
 
 
@@ -179,20 +101,20 @@ def test_pods_get_addresses_and_services_carry_traffic(cluster: NamespacedServer
     # NodePort and LoadBalancer (the node's address, as k3s's servicelb gives) from outside the pods.
     s.kubectl("expose", "deployment", "web", "--name=web-np", "--type=NodePort", "--port=80", "--target-port=8080")
     node_port = s.kjson("get", "svc", "web-np")["spec"]["ports"][0]["nodePort"]
-    assert b"hello from kybernetes" in wait_for(lambda: _try_get(s.ns.node_ip, node_port), 20)
+    assert b"hello from kybernetes" in wait_for(lambda: try_get(s.ns.node_ip, node_port), 20)
     lb_port = free_port()
     s.kubectl("expose", "deployment", "web", "--name=web-lb", "--type=LoadBalancer", f"--port={lb_port}",
               "--target-port=8080")
     ingress = wait_for(lambda: s.kjson("get", "svc", "web-lb")["status"].get("loadBalancer", {}).get("ingress"), 20)
     assert ingress[0]["ip"] == s.ns.node_ip
-    assert b"hello from kybernetes" in wait_for(lambda: _try_get(s.ns.node_ip, lb_port), 20)
+    assert b"hello from kybernetes" in wait_for(lambda: try_get(s.ns.node_ip, lb_port), 20)
     # port-forward dials into the pod's own network namespace.
     env = dict(os.environ, KUBECONFIG=str(s.kubeconfig))
     local = free_port()
     pf = subprocess.Popen([KUBECTL, "port-forward", f"pod/{pods[0]['metadata']['name']}", f"{local}:8080"], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        got = wait_for(lambda: _try_get("127.0.0.1", local, "/host"), 20)
+        got = wait_for(lambda: try_get("127.0.0.1", local, "/host"), 20)
         assert pods[0]["metadata"]["name"].encode() in got
     finally:
         pf.send_signal(signal.SIGINT)
@@ -242,13 +164,6 @@ def test_dns_records_and_host_network(cluster: NamespacedServer):
     pod = s.kjson("get", "pod", "onhost")
     assert pod["status"]["podIP"] == s.ns.node_ip
     assert s.ns.node_ip in s.kubectl("logs", "onhost").stdout
-
-
-def _try_get(host: str, port: int, path: str = "/") -> bytes | None:
-    try:
-        return http_get(host, port, path)
-    except OSError:
-        return None
 
 
 def test_the_docs_nginx_deployment_as_it_is(cluster: NamespacedServer):

@@ -1,0 +1,159 @@
+"""Two dual-stack nodes, each in its own network namespace on a LAN the test made, through kubectl.
+
+`kyb server` runs the control plane and one node; `kyb agent` joins it as a second node
+with its join string. The cluster is dual stack as k3s spells it (`--cluster-cidr
+10.42.0.0/16,fd42::/56 --service-cidr 10.43.0.0/16,fd43::/112`, `--node-ip v4,v6`): each
+node gets an IPv4 and an IPv6 pod CIDR and routes to the other's, pods get an address of
+each family, and a pod on the agent reaches pods and Services on the server over both,
+by name through the cluster DNS that runs on the server.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+
+import pytest
+
+from kybernetes.images import build
+
+from .conftest import Server, free_port, needs_kubectl, wait_for
+from .nodenet import KYB, NamespacedAgent, NamespacedServer, NodeLan, capable, try_get
+
+_OK, _WHY = capable()
+pytestmark = [needs_kubectl, pytest.mark.skipif(not _OK, reason=_WHY)]
+
+SERVER_NODE, AGENT_NODE = "node-a", "node-b"
+WHOAMI = ["sh", "-c", "hostname > /www/host; exec httpd -f -p 8080 -h /www"]
+
+
+def _ready(s: Server, name: str) -> bool:
+    p = s.kubectl("get", "node", name, "-o", "json", check=False)
+    if p.returncode != 0:
+        return False
+    conds = (json.loads(p.stdout).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    lan = NodeLan()
+    agent = server = None
+    try:
+        a, b = lan.add_node(), lan.add_node()
+        images = tmp_path_factory.mktemp("images")
+        with build.busybox_image("busybox:latest") as img:
+            bb = build.write_oci_layout(str(images / "busybox.tar"), img)
+        with build.web_image("web:1") as img:
+            web = build.write_oci_layout(str(images / "web.tar"), img)
+        data, agent_data = tmp_path_factory.mktemp("kyb-a"), tmp_path_factory.mktemp("kyb-b")
+        for d in (data, agent_data):
+            p = subprocess.run([*KYB, "image", "import", "--data-dir", str(d), bb, web], capture_output=True,
+                               text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+        server = NamespacedServer(data, free_port(), a, node_ips=f"{a.node_ip},{a.node_ip6}", extra_args=[
+            "--node-name", SERVER_NODE, "--cluster-cidr", "10.42.0.0/16,fd42::/56",
+            "--service-cidr", "10.43.0.0/16,fd43::/112"])
+        server.start()
+        agent = NamespacedAgent(server, agent_data, b, AGENT_NODE, node_ips=f"{b.node_ip},{b.node_ip6}")
+        agent.start()
+        try:
+            wait_for(lambda: _ready(server, AGENT_NODE) and _ready(server, SERVER_NODE), 60)
+        except Exception as e:
+            raise AssertionError(f"nodes not ready ({e!r}):\n" + agent.log.read_text()[-4000:]) from None
+        yield server, agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        if server is not None:
+            server.stop()
+        lan.delete()
+
+
+def client_pod(s: Server, name: str, node: str, script: str) -> str:
+    """A busybox pod on `node`, run to completion; its log."""
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+        "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
+        "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                        "command": ["sh", "-c", script]}]}}
+    s.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def done():
+        phase = s.kjson("get", "pod", name)["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+    assert wait_for(done, 90) == "Succeeded", s.kubectl("describe", "pod", name).stdout + s.kubectl(
+        "logs", name, check=False).stdout
+    events = s.kjson("get", "events", "--field-selector", f"involvedObject.name={name}")["items"]
+    assert not [e for e in events if e["type"] == "Warning"], events
+    out = s.kubectl("logs", name).stdout
+    s.kubectl("delete", "pod", name, "--wait=false")
+    return out
+
+
+def _get(target: str) -> str:
+    # busybox nc; an IPv6 address goes as it is.
+    return f"printf 'GET /host HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} | tail -1"
+
+
+def test_nodes_are_dual_stack_with_a_pod_cidr_of_each_family(cluster):
+    s, agent = cluster
+    for node_name, ns in ((SERVER_NODE, s.ns), (AGENT_NODE, agent.ns)):
+        node = s.kjson("get", "node", node_name)
+        internal = [a["address"] for a in node["status"]["addresses"] if a["type"] == "InternalIP"]
+        assert internal == [ns.node_ip, ns.node_ip6], node["status"]["addresses"]
+        cidrs = node["spec"]["podCIDRs"]
+        assert [ipaddress.ip_network(c).version for c in cidrs] == [4, 6], cidrs
+        assert node["spec"]["podCIDR"] == cidrs[0]
+    # The agent's kubelet is reached for logs through its own address (the API server dials it),
+    # and its pods reach the API server through the `kubernetes` Service.
+    out = client_pod(s, "hello", AGENT_NODE, "echo hello from $(hostname); "
+                     "nc -w 3 kubernetes.default.svc.cluster.local 443 </dev/null && echo api reachable")
+    assert out.split("\n")[:2] == ["hello from hello", "api reachable"], out
+
+
+def test_pods_and_services_across_nodes_over_ipv4_and_ipv6(cluster):
+    s, agent = cluster
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {
+        "replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": SERVER_NODE},
+            "containers": [{"name": "web", "image": "web:1", "command": WHOAMI, "ports": [{"containerPort": 8080}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
+                                               "periodSeconds": 1}}]}}}}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"}, "spec": {
+        "selector": {"app": "web"}, "ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"],
+        "type": "NodePort", "ports": [{"port": 80, "targetPort": 8080}]}}
+    s.kubectl("apply", "-f", "-", input=json.dumps(deployment))
+    s.kubectl("apply", "-f", "-", input=json.dumps(service))
+    s.kubectl("rollout", "status", "deployment/web", "--timeout=90s")
+    pods = s.kjson("get", "pods", "-l", "app=web")["items"]
+    names = {p["metadata"]["name"] for p in pods}
+    for p in pods:
+        assert p["spec"]["nodeName"] == SERVER_NODE
+        assert [ipaddress.ip_address(i["ip"]).version for i in p["status"]["podIPs"]] == [4, 6], p["status"]
+        assert [i["ip"] for i in p["status"]["hostIPs"]] == [s.ns.node_ip, s.ns.node_ip6]
+    svc = s.kjson("get", "svc", "web")
+    v4, v6 = svc["spec"]["clusterIPs"]
+    assert ipaddress.ip_address(v4) in ipaddress.ip_network("10.43.0.0/16")
+    assert ipaddress.ip_address(v6) in ipaddress.ip_network("fd43::/112")
+    slices = s.kjson("get", "endpointslices", "-l", "kubernetes.io/service-name=web")["items"]
+    assert sorted(sl["addressType"] for sl in slices) == ["IPv4", "IPv6"]
+    # From a pod on the agent: each server pod directly on both families (host-gw routes between
+    # the nodes), the Service's two ClusterIPs, and the Service by name through the cluster DNS.
+    direct = " ; ".join(_get(f"{i['ip']} 8080") for p in pods for i in p["status"]["podIPs"])
+    via_svc = " ; ".join([_get(f"{v4} 80")] * 10 + [_get(f"{v6} 80")] * 10)
+    out = client_pod(s, "client", AGENT_NODE, f"{direct} ; echo ---; {via_svc} ; echo ---; "
+                     f"nslookup web.default.svc.cluster.local; nslookup -type=aaaa web.default.svc.cluster.local; "
+                     f"echo ---; {_get('web 80')}")
+    direct_out, svc_out, dns_out, by_name = out.split("---\n")
+    assert sorted(direct_out.split()) == sorted(n for n in names for _ in (4, 6)), out
+    assert set(svc_out.split()) == names, out  # both replicas answer through the ClusterIPs
+    assert len(svc_out.split()) == 20, out
+    assert f"Address: {v4}" in dns_out and f"Address: {v6}" in dns_out, dns_out
+    assert by_name.strip() in names, out
+    # The NodePort answers on the agent's own addresses although no pod of the Service runs there.
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    for host in (agent.ns.node_ip, agent.ns.node_ip6):
+        got = wait_for(lambda h=host: try_get(h, node_port, "/host"), 20)
+        assert got.split(b"\r\n\r\n", 1)[1].strip().decode() in names, got
