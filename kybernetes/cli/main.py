@@ -88,7 +88,7 @@ async def run_server(args: argparse.Namespace) -> int:
                "clusterDNS": kube_dns_ip(str(api.service_cidrs[0])), "clusterDomain": "cluster.local"}
     await publish_cluster_config(Client.in_process(api.handle), cluster)
     disabled = {d.strip() for d in (args.disable or "").split(",") if d.strip()}
-    unknown = disabled - {"controllers", "scheduler", "kubelet"}
+    unknown = disabled - {"controllers", "scheduler", "kubelet", "servicelb"}
     if unknown:
         raise SystemExit(f"kyb server: --disable: unknown component(s) {', '.join(sorted(unknown))}")
     manager = None
@@ -98,7 +98,9 @@ async def run_server(args: argparse.Namespace) -> int:
                                                storage_dir=str(data / "storage"),
                                                cluster_signing_key=pki.ca_key.read_text(),
                                                service_account_key=pki.sa_key.read_text(),
-                                               cluster_cidrs=args.cluster_cidr)
+                                               cluster_cidrs=args.cluster_cidr,
+                                               servicelb="servicelb" not in disabled,
+                                               lb_pools=args.lb_pool or None)
         await manager.start()
     scheduler = None
     if "scheduler" not in disabled:
@@ -528,7 +530,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="pod network, one CIDR or an IPv4,IPv6 pair for dual stack (e.g. 10.42.0.0/16,"
                         "fd42::/56): each node gets a /24 (IPv4) and a /64 (IPv6) of it as spec.podCIDRs")
     s.add_argument("--disable", default="",
-                   help="comma-separated components not to run in this process: controllers, scheduler")
+                   help="comma-separated components not to run in this process: controllers, scheduler, "
+                        "kubelet, servicelb (LoadBalancer addresses)")
+    s.add_argument("--lb-pool", action="append", default=[],
+                   help="give LoadBalancer Services addresses from this pool (a CIDR or an a-b range; repeat, "
+                        "or comma-separate, for more and for IPv6) instead of the nodes' own, as MetalLB does")
     s.add_argument("--node-monitor-grace-period", type=float, default=40.0,
                    help="seconds without a lease renewal before a node is Unknown and tainted")
     s.add_argument("--node-name", default="", help="name of the embedded node (default: the host name)")
