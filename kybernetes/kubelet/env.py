@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from kybernetes.api.quantity import parse_quantity
@@ -142,8 +142,15 @@ def expand(text: str, *mappings: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------- downward API
 
 
-def field_ref(pod: Obj, path: str, pod_ip: str = "", host_ip: str = "") -> str:
-    """The value of a fieldRef.fieldPath for this pod."""
+# An address, or all of a pod's (or node's) addresses, primary first.
+IPs = str | Sequence[str]
+
+
+def field_ref(pod: Obj, path: str, pod_ip: IPs = "", host_ip: IPs = "") -> str:
+    """The value of a fieldRef.fieldPath for this pod. pod_ip and host_ip are an address, or
+    all of them primary first (status.podIPs and hostIPs are then comma-separated, as upstream)."""
+    pod_ips = [pod_ip] if isinstance(pod_ip, str) else list(pod_ip)
+    host_ips = [host_ip] if isinstance(host_ip, str) else list(host_ip)
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     simple = {
@@ -152,10 +159,10 @@ def field_ref(pod: Obj, path: str, pod_ip: str = "", host_ip: str = "") -> str:
         "metadata.uid": meta.get("uid", ""),
         "spec.nodeName": spec.get("nodeName", ""),
         "spec.serviceAccountName": spec.get("serviceAccountName") or spec.get("serviceAccount") or "",
-        "status.podIP": pod_ip,
-        "status.podIPs": pod_ip,
-        "status.hostIP": host_ip,
-        "status.hostIPs": host_ip,
+        "status.podIP": pod_ips[0] if pod_ips else "",
+        "status.podIPs": ",".join(pod_ips),
+        "status.hostIP": host_ips[0] if host_ips else "",
+        "status.hostIPs": ",".join(host_ips),
     }
     if path in simple:
         return str(simple[path])
@@ -221,7 +228,7 @@ def _decode_secret(data: Obj, key: str) -> str:
 
 
 async def container_env(pod: Obj, container: Obj, *, get_configmap: ObjectGetter, get_secret: ObjectGetter,
-                        services: Iterable[Obj] = (), pod_ip: str = "", host_ip: str = "",
+                        services: Iterable[Obj] = (), pod_ip: IPs = "", host_ip: IPs = "",
                         node_allocatable: Mapping[str, str] | None = None,
                         warn: Callable[[str], None] | None = None) -> dict[str, str]:
     """Everything the container sees as environment, or EnvError if a required source is missing."""

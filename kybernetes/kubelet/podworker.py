@@ -419,7 +419,8 @@ class PodWorker:
         if self._volume_paths is not None and now - self._last_volume_sync < self.kubelet.config.volume_sync_period:
             return True
         try:
-            self._volume_paths = await self.kubelet.volumes.setup(self.pod, self._pod_ip(), self.kubelet.config.host_ip)
+            self._volume_paths = await self.kubelet.volumes.setup(self.pod, self.pod_ips or self._pod_ip(),
+                                                                  self.kubelet.config.host_ips)
         except (VolumeError, OSError) as e:
             self.kubelet.event(self.pod, "Warning", "FailedMount", f"MountVolume.SetUp failed: {e}")
             if self._volume_paths is None:
@@ -533,7 +534,7 @@ class PodWorker:
         try:
             env = await container_env(
                 self.pod, c, get_configmap=k.get_configmap, get_secret=k.get_secret, services=k.services(),
-                pod_ip=self._pod_ip(), host_ip=k.config.host_ip, node_allocatable=k.allocatable,
+                pod_ip=self.pod_ips or self._pod_ip(), host_ip=k.config.host_ips, node_allocatable=k.allocatable,
                 warn=lambda m: k.event(self.pod, "Warning", "InvalidEnvironmentVariableNames", m))
             command, args = expand_command(c, env)
             mounts = container_mounts(c, self._volume_paths or {}, self.pod)

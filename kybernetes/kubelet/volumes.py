@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kybernetes.api.quantity import parse_quantity
-from kybernetes.kubelet.env import EnvError, field_ref, resource_ref
+from kybernetes.kubelet.env import IPs, EnvError, field_ref, resource_ref
 from kybernetes.runtime.base import Mount
 
 Obj = dict[str, Any]
@@ -187,7 +187,7 @@ def set_volume_ownership(path: str, gid: int, *, readonly: bool) -> None:
             fix(os.path.join(dirpath, f), False)
 
 
-def downward_files(pod: Obj, items: list[Obj], default_mode: int, pod_ip: str, host_ip: str,
+def downward_files(pod: Obj, items: list[Obj], default_mode: int, pod_ip: IPs, host_ip: IPs,
                    node_allocatable: dict[str, str] | None = None) -> dict[str, FileEntry]:
     out = {}
     for it in items:
@@ -236,7 +236,7 @@ class VolumeManager:
             return vol["hostPath"].get("path", "")
         return os.path.join(self.pod_dir(uid), "volumes", PLUGINS.get(kind, "unknown"), vol.get("name", ""))
 
-    async def setup(self, pod: Obj, pod_ip: str = "", host_ip: str = "") -> dict[str, str]:
+    async def setup(self, pod: Obj, pod_ip: IPs = "", host_ip: IPs = "") -> dict[str, str]:
         """Make every volume of the pod ready (idempotent); name -> host path."""
         uid = pod["metadata"]["uid"]
         out: dict[str, str] = {}
@@ -245,7 +245,7 @@ class VolumeManager:
         os.makedirs(self.pod_dir(uid), exist_ok=True)
         return out
 
-    async def _setup_one(self, pod: Obj, vol: Obj, pod_ip: str, host_ip: str) -> str:
+    async def _setup_one(self, pod: Obj, vol: Obj, pod_ip: IPs, host_ip: IPs) -> str:
         path = await self._make_one(pod, vol, pod_ip, host_ip)
         fs_group = ((pod.get("spec") or {}).get("securityContext") or {}).get("fsGroup")
         kind = volume_kind(vol)
@@ -257,7 +257,7 @@ class VolumeManager:
                 self._owned.add(key)
         return path
 
-    async def _make_one(self, pod: Obj, vol: Obj, pod_ip: str, host_ip: str) -> str:
+    async def _make_one(self, pod: Obj, vol: Obj, pod_ip: IPs, host_ip: IPs) -> str:
         kind = volume_kind(vol)
         uid = pod["metadata"]["uid"]
         ns = pod["metadata"].get("namespace") or "default"
@@ -298,7 +298,7 @@ class VolumeManager:
             raise VolumeError(f'{what} "{ref.get(name_field)}" not found')
         return _keyed_files(values(obj or {}), ref.get("items"), mode, what, bool(ref.get("optional")))
 
-    async def _projected(self, pod: Obj, src: Obj, ns: str, pod_ip: str, host_ip: str) -> dict[str, FileEntry]:
+    async def _projected(self, pod: Obj, src: Obj, ns: str, pod_ip: IPs, host_ip: IPs) -> dict[str, FileEntry]:
         mode = src.get("defaultMode", 0o644)
         files: dict[str, FileEntry] = {}
         for s in src.get("sources") or []:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kybernetes.kubelet.env import EnvError, container_env, expand, resource_ref, service_env
+from kybernetes.kubelet.env import EnvError, container_env, expand, field_ref, resource_ref, service_env
 from kybernetes.kubelet.podworker import BackOff
 from kybernetes.kubelet.status import phase, qos_class
 from kybernetes.kubelet.volumes import FileEntry, VolumeError, atomic_write, check_host_path
@@ -151,3 +151,14 @@ def test_qos_class() -> None:
     assert qos_class(p({})) == "BestEffort"
     assert qos_class(p({"limits": {"cpu": "1", "memory": "1Gi"}})) == "Guaranteed"
     assert qos_class(p({"requests": {"cpu": "1"}})) == "Burstable"
+
+
+def test_field_ref_lists_every_address_of_a_dual_stack_pod_and_node() -> None:
+    pod = {"metadata": {"name": "p"}, "spec": {}}
+    ips, hosts = ["10.42.0.5", "fd42::5"], ["10.0.0.2", "fd00::2"]
+    assert field_ref(pod, "status.podIP", ips, hosts) == "10.42.0.5"
+    assert field_ref(pod, "status.podIPs", ips, hosts) == "10.42.0.5,fd42::5"
+    assert field_ref(pod, "status.hostIP", ips, hosts) == "10.0.0.2"
+    assert field_ref(pod, "status.hostIPs", ips, hosts) == "10.0.0.2,fd00::2"
+    # One address, as single-stack callers pass it.
+    assert field_ref(pod, "status.podIPs", "10.42.0.5", "10.0.0.2") == "10.42.0.5"
