@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -73,7 +74,11 @@ async def run_server(args: argparse.Namespace) -> int:
     await api.start()
     tokens = TokenAuth()
     tokens.add(pki.token_file.read_text().strip(), "admin", ("system:masters", "system:authenticated"))
-    runner = await serve(api, tokens, args.bind, args.port, server_ssl_context(pki))
+    try:
+        runner = await serve(api, tokens, args.bind, args.port, server_ssl_context(pki))
+    except OSError as e:
+        await api.stop()
+        raise SystemExit(port_in_use("server", "--port", args.bind, args.port, e)) from None
     url = f"https://{host_for_url}:{args.port}" if ":" not in host_for_url else f"https://[{host_for_url}]:{args.port}"
     kubeconfig = data / "kubeconfig"
     pki.write_kubeconfig(kubeconfig, url)
@@ -351,6 +356,22 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def port_in_use(cmd: str, flag: str, host: str, port: int, e: OSError) -> str:
+    """The one-line error for a listener that cannot bind, naming the flag that moves it."""
+    if e.errno == errno.EADDRINUSE:
+        return (f"kyb {cmd}: {flag} {port}: {host}:{port} is already in use (another kyb server, agent or "
+                f"kubelet?); pass another {flag}" + (", or 0 for a free one" if flag == "--kubelet-port" else ""))
+    return f"kyb {cmd}: {flag} {port}: cannot listen on {host}:{port}: {e.strerror or e}"
+
+
+def kubelet_port(args: argparse.Namespace) -> int:
+    """--kubelet-port, or its default: 10250 (upstream's) for a node of the API server on its
+    default port, else a free port, so that `--port` alone runs a second cluster beside the first."""
+    if args.kubelet_port is not None:
+        return int(args.kubelet_port)
+    return 10250 if args.cmd == "agent" or args.port == 6443 else 0
+
+
 def node_ips(args: argparse.Namespace) -> list[str]:
     """--node-ip as k3s spells it: one address, or an IPv4,IPv6 pair on a dual-stack node
     (the first is the primary: the kubelet listens there and it is status.hostIP)."""
@@ -391,8 +412,12 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
                                  node_ips=ips)
     log.info("node %s: pod network %s (%s)", name, "bridge" if own_net else "none, pods use the node's", net_why)
     # The server learns the kubelet after it knows its port, which the Node object publishes.
-    server = KubeletServer(None, node_ip, args.kubelet_port, ssl_context)
-    await server.start()
+    port = kubelet_port(args)
+    server = KubeletServer(None, node_ip, port, ssl_context)
+    try:
+        await server.start()
+    except OSError as e:
+        raise SystemExit(port_in_use(args.cmd, "--kubelet-port", node_ip, port, e)) from None
     kubelet = Kubelet(client, runtime, KubeletConfig(
         node_name=name, root_dir=str(data / "kubelet"), host_ip=node_ip, host_ips=ips, port=server.port,
         static_pod_path=str(data / "manifests"),
@@ -541,7 +566,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--node-ip", default="127.0.0.1",
                    help="the embedded node's address (its kubelet listens there), or an IPv4,IPv6 pair for a "
                         "dual-stack node")
-    s.add_argument("--kubelet-port", type=int, default=10250, help="0 picks a free port")
+    s.add_argument("--kubelet-port", type=int, default=None,
+                   help="the embedded node's kubelet port (0 picks a free one); default 10250 when --port is "
+                        "6443, else a free port, so that --port alone runs a second cluster on one machine")
     s.add_argument("--tls-san", action="append", help="extra host name or IP for the serving certificate")
     s.add_argument("--log-level", dest="log_level_sub", default=None,
                    choices=["debug", "info", "warning", "error"])
@@ -569,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--data-dir", default=str(default_data_dir() / "agent"))
     ag.add_argument("--node-ip", default="127.0.0.1",
                     help="the node's address (its kubelet listens there), or an IPv4,IPv6 pair for a dual-stack node")
-    ag.add_argument("--kubelet-port", type=int, default=10250)
+    ag.add_argument("--kubelet-port", type=int, default=None, help="the kubelet's port (default 10250; 0 picks a free one)")
     add_node_flags(ag)
     k = sub.add_parser("killall", help="stop every pod a data dir's node runs")
     k.add_argument("--data-dir", default=str(default_data_dir()))

@@ -27,6 +27,7 @@ class Server:
         self.data_dir = data_dir
         self.port = port
         self.extra_args = list(extra_args or [])
+        self.kubelet_args = ["--kubelet-port", "0"]  # [] leaves the embedded node's port to the server
         self.proc: subprocess.Popen | None = None
         self.kubeconfig = data_dir / "kubeconfig"
         self.log = data_dir / "server.log"
@@ -37,7 +38,7 @@ class Server:
         logf = open(self.log, "ab")  # noqa: SIM115 - the server process owns it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kybernetes.cli.main", "server", "--data-dir", str(self.data_dir),
-             "--port", str(self.port), "--kubelet-port", "0",
+             "--port", str(self.port), *self.kubelet_args,
              "--log-level", os.environ.get("KYB_TEST_LOG_LEVEL", "info"), *self.extra_args],
             stdout=logf, stderr=logf)
         deadline = t0 + timeout
