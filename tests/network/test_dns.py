@@ -84,8 +84,6 @@ class FakeUpstream:
             def datagram_received(self, data: bytes, addr: Any) -> None:
                 self.transport.sendto(up.answer(data, False), addr)
 
-        self._udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
-        self.port = self._udp.get_extra_info("sockname")[1]
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -99,7 +97,17 @@ class FakeUpstream:
             finally:
                 writer.close()
 
-        self._tcp = await asyncio.start_server(serve, "127.0.0.1", self.port)
+        for attempt in range(20):
+            self._udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+            self.port = self._udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(serve, "127.0.0.1", self.port)
+                break
+            except OSError:
+                # The free UDP port is taken for TCP (by another test's connection): try another.
+                self._udp.close()
+                if attempt == 19:
+                    raise
 
     async def stop(self) -> None:
         if self._udp is not None:
