@@ -211,16 +211,19 @@ async def _create_bootstrap_secret(secrets, token: str) -> None:
 class Node:
     """A kubelet, its runtime and its streaming server, started and stopped together."""
 
-    def __init__(self, kubelet, runtime, server, client, certs=None, images=None, proxy=None):
+    def __init__(self, kubelet, runtime, server, client, certs=None, images=None, proxy=None, netpol=None):
         self.kubelet, self.runtime, self.server, self.client = kubelet, runtime, server, client
         self.certs = certs
         self.images = images
         self.proxy = proxy
+        self.netpol = netpol
         self.dns = None
 
     async def stop(self) -> None:
         if self.dns is not None:
             await self.dns.stop()
+        if self.netpol is not None:
+            await self.netpol.stop()  # its rules stay in force, as the proxy's do
         if self.proxy is not None:
             await self.proxy.stop()  # its rules stay: traffic keeps flowing while the node restarts
         if self.certs is not None:
@@ -426,13 +429,19 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
         cluster_dns=_split(cluster.get("clusterDNS", "")) if own_net else [],
         cluster_domain=cluster.get("clusterDomain") or "cluster.local"), images=images, network=network)
     server.kubelet = kubelet
+    netpol = None
+    if own_net:
+        # NetworkPolicy is enforced on every node, in place before the kubelet starts pods.
+        from ..network.netpol import NetworkPolicyAgent
+        netpol = NetworkPolicyAgent(client, name)
+        await netpol.start()
     await kubelet.start()
     if own_net:
         # The service proxy runs beside the kubelet on every node, as k3s embeds kube-proxy.
         from ..network.proxy import ServiceProxy
         proxy = ServiceProxy(client, name, ips, cluster_cidrs=cluster_cidrs)
         await proxy.start()
-    return Node(kubelet, runtime, server, client, images=images, proxy=proxy)
+    return Node(kubelet, runtime, server, client, images=images, proxy=proxy, netpol=netpol)
 
 
 async def run_agent(args: argparse.Namespace) -> int:

@@ -157,3 +157,32 @@ def test_pods_and_services_across_nodes_over_ipv4_and_ipv6(cluster):
     for host in (agent.ns.node_ip, agent.ns.node_ip6):
         got = wait_for(lambda h=host: try_get(h, node_port, "/host"), 20)
         assert got.split(b"\r\n\r\n", 1)[1].strip().decode() in names, got
+
+
+def test_network_policy_is_enforced_across_nodes(cluster):
+    s, _agent = cluster
+    pods = s.kjson("get", "pods", "-l", "app=web")["items"]
+    target = pods[0]["status"]["podIP"]
+    # The docs' recipe: only pods labelled access=true may reach the web pods.
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "web-access"},
+              "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"access": "true"}}}]}]}}
+    s.kubectl("apply", "-f", "-", input=json.dumps(policy))
+    try:
+        script = f"sleep 1; {_get(f'{target} 8080')}; echo done"
+        denied = client_pod(s, "denied", AGENT_NODE, script)
+        assert "timed out" in denied and not set(denied.split()) & {p["metadata"]["name"] for p in pods}, denied
+        allowed = _allowed_client(s, script)
+        assert allowed.split()[-1] == "done" and allowed.split()[0] in {p["metadata"]["name"] for p in pods}, allowed
+    finally:
+        s.kubectl("delete", "networkpolicy", "web-access")
+
+
+def _allowed_client(s: Server, script: str) -> str:
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "allowed", "labels": {"access": "true"}},
+                "spec": {"restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": AGENT_NODE},
+                         "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
+                                         "command": ["sh", "-c", script]}]}}
+    s.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    assert wait_for(lambda: s.kjson("get", "pod", "allowed")["status"].get("phase") in ("Succeeded", "Failed"), 90)
+    return s.kubectl("logs", "allowed").stdout
