@@ -56,6 +56,19 @@ def strip_managed_fields(obj: Obj) -> Obj:
     return obj
 
 
+def informer_for(client: Any, resource: ResourceClient, own: list[Informer], *, resync_period: float = 0,
+                 transform: Callable[[Obj], Obj] | None = strip_managed_fields) -> Informer:
+    """An informer on `resource` for a component of `client`'s process: the process's shared one
+    when it has them (the controller manager's, stopped by it), else a new one appended to `own`,
+    which the component starts and stops itself."""
+    shared = client.shared_informers
+    if shared is not None:
+        return shared.informer(resource, resync_period=resync_period, transform=transform)
+    inf = Informer(resource, resync_period=resync_period, transform=transform)
+    own.append(inf)
+    return inf
+
+
 def meta_namespace_key(obj: Obj) -> str:
     """The cache key: "namespace/name", or "name" for cluster-scoped objects."""
     meta = obj.get("metadata") or {}

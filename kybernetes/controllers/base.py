@@ -15,7 +15,7 @@ from typing import Any
 
 from ..api.errors import StatusError
 from ..client import Client, Informer, QueueShutDown, WorkQueue
-from ..client.informer import strip_managed_fields
+from ..client.informer import informer_for, strip_managed_fields
 
 log = logging.getLogger("kybernetes.controllers")
 
@@ -44,13 +44,7 @@ class Controller:
                  keep_managed_fields: bool = False) -> Informer:
         rc = self.client.resource(api_version, plural, namespaced, metadata_only=metadata_only)
         transform = None if keep_managed_fields else strip_managed_fields
-        shared = self.client.shared_informers
-        if shared is not None:
-            # The controller manager's: started here, stopped by the manager.
-            inf = shared.informer(rc, resync_period=resync_period, transform=transform)
-        else:
-            inf = Informer(rc, resync_period=resync_period, transform=transform)
-            self._own_informers.append(inf)
+        inf = informer_for(self.client, rc, self._own_informers, resync_period=resync_period, transform=transform)
         self.informers.append(inf)
         return inf
 

@@ -64,7 +64,7 @@ import dns.rrset
 
 from kybernetes.api.errors import StatusError
 from kybernetes.client import Client, Informer
-from kybernetes.client.informer import strip_managed_fields
+from kybernetes.client.informer import informer_for
 
 from .dnsrecords import Answer, Name, Records, Zone, service_records, slices_from_endpoints
 
@@ -360,13 +360,7 @@ class ClusterDNS:
         await self.stop()
 
     def _informer(self, api_version: str, plural: str) -> Informer:
-        rc = self.client.resource(api_version, plural)
-        shared = self.client.shared_informers
-        if shared is not None:
-            return shared.informer(rc, transform=strip_managed_fields)
-        inf = Informer(rc, transform=strip_managed_fields)
-        self._own_informers.append(inf)
-        return inf
+        return informer_for(self.client, self.client.resource(api_version, plural), self._own_informers)
 
     async def _serves_slices(self) -> bool:
         try:

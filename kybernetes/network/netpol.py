@@ -105,17 +105,14 @@ from kybernetes.api.selectors import (
     from_label_selector_object,
 )
 from kybernetes.client import Client, Informer
-from kybernetes.client.informer import meta_namespace_key, strip_managed_fields
+from kybernetes.client.informer import informer_for, meta_namespace_key
 
-from .nftables import Nft, NftError, Script, nft_available
-from .proxy import _Desired
+from .nftables import Desired, Nft, NftError, ObjKey, Script, nft_available
+from .nftables import changes as nft_changes
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-# ("e", set or map, element key) -> element data ("" for a plain set); ("c", chain, "") ->
-# its rules, one a line; ("s", set, "") -> the set's definition. As proxy.py's.
-ObjKey = tuple[str, str, str]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
@@ -617,57 +614,8 @@ def base_script(table: str) -> Script:
 
 def changes(table: str, kernel: Mapping[ObjKey, str], wanted: Mapping[ObjKey, str | None],
             script: Script | None = None) -> Script:
-    """The transaction taking `kernel` to `wanted` (only the keys in it; None = remove), in
-    the order a transaction needs: what is referenced exists first, and goes last."""
-    s = script or Script("inet", table)
-    t = f"inet {table}"
-    new_sets, gone_sets, new_chains, gone_chains, rewrite = [], [], [], [], []
-    adds: dict[str, list[str]] = {}
-    dels: dict[str, list[str]] = {}
-    for key, value in wanted.items():
-        kind, name, elem = key
-        old = kernel.get(key)
-        if old == value:
-            continue
-        if kind == "e":
-            if old is not None:
-                dels.setdefault(name, []).append(elem)
-            if value is not None:
-                adds.setdefault(name, []).append(f"{elem} : {value}" if value else elem)
-        elif kind == "c":
-            if value is None:
-                gone_chains.append(name)
-            else:
-                if old is None:
-                    new_chains.append(name)
-                rewrite.append((name, old is not None, value))
-        elif kind == "s":
-            if old is not None:
-                gone_sets.append(name)
-            if value is not None:
-                new_sets.append((name, value))
-    for name, spec in new_sets:
-        s.add(f"add set {t} {name} {{ {spec} }}")
-    for name in new_chains:
-        s.add(f"add chain {t} {name}")
-    for name, existed, rules in rewrite:
-        if existed:
-            s.add(f"flush chain {t} {name}")
-        for rule in rules.split("\n"):
-            s.add(f"add rule {t} {name} {rule}")
-    gone = set(gone_sets)
-    for name, items in dels.items():
-        if name not in gone:  # deleting the set deletes its elements
-            s.elements("delete", name, items)
-    for name, items in adds.items():
-        s.elements("add", name, items)
-    for name in gone_chains:
-        s.add(f"flush chain {t} {name}")
-    for name in gone_chains:
-        s.add(f"delete chain {t} {name}")
-    for name in gone_sets:
-        s.add(f"delete set {t} {name}")
-    return s
+    """The transaction taking `kernel` to `wanted` in our table (nftables.changes)."""
+    return nft_changes(script or Script("inet", table), kernel, wanted)
 
 
 # ---------------------------------------------------------------------- the agent
@@ -700,7 +648,7 @@ class NetworkPolicyAgent:
         self._own_informers: list[Informer] = []
         # What is wanted, by owner: "p|<pod>" a local pod's chains and map elements,
         # "d|<set>" a set's definition, "m|<set>|<pod>" one pod's elements in one set.
-        self.desired = _Desired()
+        self.desired = Desired()
         self.kernel: dict[ObjKey, str] = {}
         self._compiled: dict[str, Policy] = {}
         self._by_namespace: dict[str, dict[str, Policy]] = {}
@@ -789,13 +737,7 @@ class NetworkPolicyAgent:
         await self.stop()
 
     def _informer(self, api_version: str, plural: str) -> Informer:
-        rc = self.client.resource(api_version, plural)
-        shared = self.client.shared_informers
-        if shared is not None:
-            return shared.informer(rc, transform=strip_managed_fields)
-        inf = Informer(rc, transform=strip_managed_fields)
-        self._own_informers.append(inf)
-        return inf
+        return informer_for(self.client, self.client.resource(api_version, plural), self._own_informers)
 
     # ------------------------------------------------------------------ events
 

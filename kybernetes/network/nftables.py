@@ -39,7 +39,7 @@ import os
 import shutil
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,6 +238,116 @@ class Script:
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
+
+
+# ---------------------------------------------------------------------- a table as objects
+
+# An object of a table we own: ("e", set or map, element) -> its value ("" for a set's element),
+# ("c", chain, "") -> its rules (newline-separated), ("s", set, "") -> its definition.
+ObjKey = tuple[str, str, str]
+
+
+def changes(s: Script, kernel: Mapping[ObjKey, str], wanted: Mapping[ObjKey, str | None]) -> Script:
+    """Add to `s` the commands taking `kernel` to `wanted` (only the keys in it; None = remove),
+    in the order one transaction needs: what is referenced exists first, and a chain or set
+    goes only once nothing refers to it any more."""
+    t = f"{s.family} {s.table}"
+    new_sets: list[tuple[str, str]] = []
+    gone_sets: list[str] = []
+    new_chains: list[str] = []
+    gone_chains: list[str] = []
+    rewrite: list[tuple[str, bool, str]] = []
+    adds: dict[str, list[str]] = {}
+    dels: dict[str, list[str]] = {}
+    for key, value in wanted.items():
+        kind, name, elem = key
+        old = kernel.get(key)
+        if old == value:
+            continue
+        if kind == "e":
+            if old is not None:
+                dels.setdefault(name, []).append(elem)
+            if value is not None:
+                adds.setdefault(name, []).append(f"{elem} : {value}" if value else elem)
+        elif kind == "c":
+            if value is None:
+                gone_chains.append(name)
+            else:
+                if old is None:
+                    new_chains.append(name)
+                rewrite.append((name, old is not None, value))
+        elif kind == "s":
+            if old is not None:
+                gone_sets.append(name)  # a set's definition never changes under one name
+            if value is not None:
+                new_sets.append((name, value))
+    for name, spec in new_sets:
+        s.add(f"add set {t} {name} {{ {spec} }}")
+    for name in new_chains:
+        s.add(f"add chain {t} {name}")
+    for name, existed, rules in rewrite:
+        if existed:
+            s.add(f"flush chain {t} {name}")
+        for rule in rules.split("\n"):
+            s.add(f"add rule {t} {name} {rule}")
+    gone = set(gone_sets)
+    for name, items in dels.items():
+        if name not in gone:  # deleting the set deletes its elements
+            s.elements("delete", name, items)
+    for name, items in adds.items():
+        s.elements("add", name, items)
+    for name in gone_chains:
+        s.add(f"flush chain {t} {name}")
+    for name in gone_chains:
+        s.add(f"delete chain {t} {name}")
+    for name in gone_sets:
+        s.add(f"delete set {t} {name}")
+    return s
+
+
+class Desired:
+    """Objects keyed by ObjKey with the owners wanting each (the proxy's Service keys, the
+    policy agent's pod keys); the value of a key is its smallest owner's, so two owners
+    claiming one object resolve the same way every time."""
+
+    def __init__(self) -> None:
+        self.fragments: dict[str, dict[Hashable, Any]] = {}
+        self.owners: dict[Hashable, dict[str, Any]] = {}
+
+    def set(self, owner: str, fragment: dict[Hashable, Any]) -> set[Hashable]:
+        """Replace owner's fragment; the keys whose value may have changed."""
+        old = self.fragments.pop(owner, {})
+        if fragment:
+            self.fragments[owner] = fragment
+        touched: set[Hashable] = set()
+        for key, value in old.items():
+            if fragment.get(key, _MISSING) != value:
+                touched.add(key)
+                owners = self.owners[key]
+                del owners[owner]
+                if not owners:
+                    del self.owners[key]
+        for key, value in fragment.items():
+            if old.get(key, _MISSING) != value:
+                touched.add(key)
+                self.owners.setdefault(key, {})[owner] = value
+        return touched
+
+    def value(self, key: Hashable) -> Any:
+        owners = self.owners.get(key)
+        if not owners:
+            return None
+        return owners[min(owners)] if len(owners) > 1 else next(iter(owners.values()))
+
+    def everything(self) -> dict[Hashable, Any]:
+        return {key: self.value(key) for key in self.owners}
+
+    def clear(self) -> None:
+        self.fragments.clear()
+        self.owners.clear()
+
+
+_MISSING = object()
 
 
 # ---------------------------------------------------------------------- conntrack (ctnetlink)

@@ -18,7 +18,7 @@ ProxyTerminatingEndpoints), separately for the cluster-wide and the node-local p
 `NftLayout` is the second half for nftables: a fragment is a set of objects, each a
 map/set element, a chain with its rules, or a named set, keyed so that several
 Services can want the same object (a shared chain, the same hairpin pair) and it
-stays while any of them does (`_Desired` counts owners). The layout is flat, so
+stays while any of them does (`Desired` counts owners). The layout is flat, so
 that 10,000 Services are tens of thousands of map elements and a handful of chains,
 not tens of thousands of chains (kube-proxy's chain-per-service-and-endpoint layout
 took 16.5 s to load 10,000 services on this machine's nft 1.0.6):
@@ -84,17 +84,15 @@ from functools import lru_cache
 from typing import Any
 
 from kybernetes.client import Client, Informer
-from kybernetes.client.informer import meta_namespace_key, strip_managed_fields
+from kybernetes.client.informer import informer_for, meta_namespace_key
 
-from .nftables import NatFlow, Nft, NftError, Script, delete_conntrack_sync, nft_available
+from .nftables import Desired, NatFlow, Nft, NftError, ObjKey, Script, changes, delete_conntrack_sync, nft_available
 
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-# ("e", set, element key) -> element data ("" for a plain set); ("c", chain, "") -> rules,
-# one a line; ("s", set, "") -> the set's definition; ("u", endpoint, destination) -> ""
-# (a UDP flow that may need its conntrack entries deleted once it is gone).
-ObjKey = tuple[str, str, str]
+# Objects are nftables.ObjKey's, plus ("u", endpoint, destination) -> "": a UDP flow that
+# may need its conntrack entries deleted once it is gone (never programmed into nft).
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
@@ -521,110 +519,12 @@ class NftLayout:
     def full(self, objects: dict[ObjKey, str]) -> Script:
         """The whole table: the fixed part, then every object, in one transaction."""
         s = self.base()
-        self._changes(s, {}, objects)
+        changes(s, {}, objects)
         return s
 
     def changes(self, kernel: dict[ObjKey, str], wanted: dict[ObjKey, str | None]) -> Script:
         """The transaction taking `kernel` to `wanted` (only the keys in it; None = remove)."""
-        s = Script("inet", self.table)
-        self._changes(s, kernel, wanted)
-        return s
-
-    def _changes(self, s: Script, kernel: dict[ObjKey, str], wanted: dict[ObjKey, str | None]) -> None:
-        t = f"inet {self.table}"
-        new_sets, gone_sets, new_chains, gone_chains, rewrite = [], [], [], [], []
-        adds: dict[str, list[str]] = {}
-        dels: dict[str, list[str]] = {}
-        for key, value in wanted.items():
-            kind, name, elem = key
-            old = kernel.get(key)
-            if old == value or kind == "u":
-                continue
-            if kind == "e":
-                if old is not None:
-                    dels.setdefault(name, []).append(elem)
-                if value is not None:
-                    adds.setdefault(name, []).append(f"{elem} : {value}" if value else elem)
-            elif kind == "c":
-                if value is None:
-                    gone_chains.append(name)
-                else:
-                    if old is None:
-                        new_chains.append(name)
-                    rewrite.append((name, old is not None, value))
-            elif kind == "s":
-                if old is not None:
-                    gone_sets.append(name)  # a set's definition never changes under one name
-                if value is not None:
-                    new_sets.append((name, value))
-        # Order matters inside a transaction: what is referenced must exist first, and a
-        # chain or set can only go once nothing refers to it any more.
-        for name, spec in new_sets:
-            s.add(f"add set {t} {name} {{ {spec} }}")
-        for name in new_chains:
-            s.add(f"add chain {t} {name}")
-        for name, existed, rules in rewrite:
-            if existed:
-                s.add(f"flush chain {t} {name}")
-            for rule in rules.split("\n"):
-                s.add(f"add rule {t} {name} {rule}")
-        for name, items in dels.items():
-            s.elements("delete", name, items)
-        for name, items in adds.items():
-            s.elements("add", name, items)
-        for name in gone_chains:
-            s.add(f"flush chain {t} {name}")
-        for name in gone_chains:
-            s.add(f"delete chain {t} {name}")
-        for name in gone_sets:
-            s.add(f"delete set {t} {name}")
-
-
-# ---------------------------------------------------------------------- desired state, by owner
-
-class _Desired:
-    """Objects keyed by ObjKey with the owners (Service keys) wanting each; the value of a key
-    is its smallest owner's, so two Services claiming one address resolve the same way every
-    time."""
-
-    def __init__(self) -> None:
-        self.fragments: dict[str, dict[Hashable, Any]] = {}
-        self.owners: dict[Hashable, dict[str, Any]] = {}
-
-    def set(self, owner: str, fragment: dict[Hashable, Any]) -> set[Hashable]:
-        """Replace owner's fragment; the keys whose value may have changed."""
-        old = self.fragments.pop(owner, {})
-        if fragment:
-            self.fragments[owner] = fragment
-        touched: set[Hashable] = set()
-        for key, value in old.items():
-            if fragment.get(key, _MISSING) != value:
-                touched.add(key)
-                owners = self.owners[key]
-                del owners[owner]
-                if not owners:
-                    del self.owners[key]
-        for key, value in fragment.items():
-            if old.get(key, _MISSING) != value:
-                touched.add(key)
-                self.owners.setdefault(key, {})[owner] = value
-        return touched
-
-    def value(self, key: Hashable) -> Any:
-        owners = self.owners.get(key)
-        if not owners:
-            return None
-        return owners[min(owners)] if len(owners) > 1 else next(iter(owners.values()))
-
-    def everything(self) -> dict[Hashable, Any]:
-        return {key: self.value(key) for key in self.owners}
-
-    def clear(self) -> None:
-        self.fragments.clear()
-        self.owners.clear()
-
-
-_MISSING = object()
+        return changes(Script("inet", self.table), kernel, wanted)
 
 
 # ---------------------------------------------------------------------- backends
@@ -799,7 +699,7 @@ class ServiceProxy:
         self.layout = NftLayout(table, self.cluster_cidrs, node_name, masquerade_mark=1 << masquerade_bit,
                                 localhost_nodeports=localhost_nodeports, nodeport_addresses=nodeport_addresses)
         self.backend: NftablesBackend | UserspaceBackend | None = None
-        self.desired = _Desired()
+        self.desired = Desired()
         self.services: Informer | None = None
         self.slices: Informer | None = None
         self._own_informers: list[Informer] = []
@@ -877,13 +777,7 @@ class ServiceProxy:
         return UserspaceBackend(self._userspace, netns=self.netns)
 
     def _informer(self, api_version: str, plural: str) -> Informer:
-        rc = self.client.resource(api_version, plural)
-        shared = self.client.shared_informers
-        if shared is not None:
-            return shared.informer(rc, transform=strip_managed_fields)
-        inf = Informer(rc, transform=strip_managed_fields)
-        self._own_informers.append(inf)
-        return inf
+        return informer_for(self.client, self.client.resource(api_version, plural), self._own_informers)
 
     # ------------------------------------------------------------------ events
 

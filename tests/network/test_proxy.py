@@ -37,9 +37,9 @@ from kybernetes.network.proxy import (
     NftLayout,
     ServicePort,
     ServiceProxy,
-    _Desired,
     service_ports,
 )
+from kybernetes.network.nftables import Desired
 from kybernetes.runtime.nsutil import open_connection, socket_in_netns
 from tests.apiserver.conftest import eventually, start_api, stop_api
 
@@ -114,7 +114,7 @@ def test_service_ports_dual_stack_entry_points() -> None:
 
 
 def test_desired_resolves_shared_objects_by_owner() -> None:
-    d = _Desired()
+    d = Desired()
     assert d.set("a/x", {"k": "1", "shared": ""}) == {"k", "shared"}
     assert d.set("b/y", {"k": "2", "shared": ""}) == {"k", "shared"}
     assert d.value("k") == "1"  # the smallest owner wins, every time
