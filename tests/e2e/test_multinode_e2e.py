@@ -71,9 +71,9 @@ def cluster(tmp_path_factory):
         lan.delete()
 
 
-def client_pod(s: Server, name: str, node: str, script: str) -> str:
+def client_pod(s: Server, name: str, node: str, script: str, labels: dict[str, str] | None = None) -> str:
     """A busybox pod on `node`, run to completion; its log."""
-    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}}, "spec": {
         "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
         "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
                         "command": ["sh", "-c", script]}]}}
@@ -172,17 +172,8 @@ def test_network_policy_is_enforced_across_nodes(cluster):
         script = f"sleep 1; {_get(f'{target} 8080')}; echo done"
         denied = client_pod(s, "denied", AGENT_NODE, script)
         assert "timed out" in denied and not set(denied.split()) & {p["metadata"]["name"] for p in pods}, denied
-        allowed = _allowed_client(s, script)
+        allowed = client_pod(s, "allowed", AGENT_NODE, script, labels={"access": "true"})
         assert allowed.split()[-1] == "done" and allowed.split()[0] in {p["metadata"]["name"] for p in pods}, allowed
     finally:
         s.kubectl("delete", "networkpolicy", "web-access")
 
-
-def _allowed_client(s: Server, script: str) -> str:
-    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "allowed", "labels": {"access": "true"}},
-                "spec": {"restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": AGENT_NODE},
-                         "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
-                                         "command": ["sh", "-c", script]}]}}
-    s.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    assert wait_for(lambda: s.kjson("get", "pod", "allowed")["status"].get("phase") in ("Succeeded", "Failed"), 90)
-    return s.kubectl("logs", "allowed").stdout
