@@ -4,8 +4,8 @@ NamespaceLifecycle (content needs an existing, non-terminating namespace;
 the boot namespaces cannot be deleted), the Service allocators (cluster IPs
 from the service CIDRs, one per IP family, and node ports from 30000-32767:
 the rules live in ipalloc.py, what is in use and in flight here) and ServiceAccount
-(a new pod's service account must exist; its API token is mounted) live
-here. Each step reads cluster state from the watch cache, never from
+(a new pod's service account must exist; its API token is mounted),
+DefaultStorageClass and DefaultIngressClass live here. Each step reads cluster state from the watch cache, never from
 another component.
 """
 
@@ -35,6 +35,8 @@ from .watchcache import WatchCache
 __all__ = ["Admission", "Reservation", "kubernetes_service_ip"]
 
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
+ANN_INGRESS_CLASS = "kubernetes.io/ingress.class"
+ANN_DEFAULT_INGRESS_CLASS = "ingressclass.kubernetes.io/is-default-class"
 SA_TOKEN_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 SA_VOLUME_PREFIX = "kube-api-access-"
 # What the kubelet asks for the mounted token: a little over an hour, refreshed well before.
@@ -87,6 +89,8 @@ class Admission:
             return await self._allocate_service(obj, None)
         if kind.kind == "PersistentVolumeClaim" and not kind.group:
             self._default_storage_class(obj)
+        if kind.kind == "Ingress" and kind.group == "networking.k8s.io":
+            self._default_ingress_class(obj)
         if kind.kind == "Pod" and not kind.group and self.service_accounts:
             await self._admit_pod_service_account(obj)
         return None
@@ -125,13 +129,32 @@ class Admission:
         if spec.get("storageClassName") is not None or \
                 ANN_BETA_CLASS in (claim["metadata"].get("annotations") or {}):
             return
-        defaults = [sc for e in self.cache.cache("/registry/storageclasses/").objects.values()
-                    if is_default_class(sc := orjson.loads(e.raw))]
-        if defaults:
-            # Several defaults: the newest wins, then the first by name, as upstream.
-            defaults.sort(key=lambda sc: sc["metadata"].get("name") or "")
-            defaults.sort(key=lambda sc: sc["metadata"].get("creationTimestamp") or "", reverse=True)
-            spec["storageClassName"] = defaults[0]["metadata"]["name"]
+        name = self._default_class("/registry/storageclasses/", is_default_class)
+        if name is not None:
+            spec["storageClassName"] = name
+
+    def _default_ingress_class(self, ing: dict) -> None:
+        """DefaultIngressClass: an Ingress that names no class (neither field nor the deprecated
+        annotation) gets the default IngressClass, so that `kubectl get ingress` shows it."""
+        spec = ing.setdefault("spec", {})
+        if spec.get("ingressClassName") is not None or \
+                ANN_INGRESS_CLASS in (ing["metadata"].get("annotations") or {}):
+            return
+        name = self._default_class(
+            "/registry/ingressclasses/",
+            lambda c: ((c.get("metadata") or {}).get("annotations") or {}).get(ANN_DEFAULT_INGRESS_CLASS) == "true")
+        if name is not None:
+            spec["ingressClassName"] = name
+
+    def _default_class(self, prefix: str, is_default) -> str | None:
+        """The default class among the cached objects under `prefix`: with several, the newest,
+        then the first by name, as upstream."""
+        defaults = [c for e in self.cache.cache(prefix).objects.values() if is_default(c := orjson.loads(e.raw))]
+        if not defaults:
+            return None
+        defaults.sort(key=lambda c: c["metadata"].get("name") or "")
+        defaults.sort(key=lambda c: c["metadata"].get("creationTimestamp") or "", reverse=True)
+        return defaults[0]["metadata"]["name"]
 
     # ------------------------------------------------------------ service accounts
 

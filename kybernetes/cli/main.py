@@ -92,10 +92,7 @@ async def run_server(args: argparse.Namespace) -> int:
     cluster = {"clusterCIDR": args.cluster_cidr, "serviceCIDR": api.service_cidr,
                "clusterDNS": kube_dns_ip(str(api.service_cidrs[0])), "clusterDomain": "cluster.local"}
     await publish_cluster_config(Client.in_process(api.handle), cluster)
-    disabled = {d.strip() for d in (args.disable or "").split(",") if d.strip()}
-    unknown = disabled - {"controllers", "scheduler", "kubelet", "servicelb"}
-    if unknown:
-        raise SystemExit(f"kyb server: --disable: unknown component(s) {', '.join(sorted(unknown))}")
+    disabled = disabled_components(args, KNOWN_DISABLE["server"])
     manager = None
     if "controllers" not in disabled:
         manager = ControllerManager.in_process(api, node_monitor_grace_period=args.node_monitor_grace_period,
@@ -211,15 +208,19 @@ async def _create_bootstrap_secret(secrets, token: str) -> None:
 class Node:
     """A kubelet, its runtime and its streaming server, started and stopped together."""
 
-    def __init__(self, kubelet, runtime, server, client, certs=None, images=None, proxy=None, netpol=None):
+    def __init__(self, kubelet, runtime, server, client, certs=None, images=None, proxy=None, netpol=None,
+                 ingress=None):
         self.kubelet, self.runtime, self.server, self.client = kubelet, runtime, server, client
         self.certs = certs
         self.images = images
         self.proxy = proxy
         self.netpol = netpol
+        self.ingress = ingress
         self.dns = None
 
     async def stop(self) -> None:
+        if self.ingress is not None:
+            await self.ingress.stop()
         if self.dns is not None:
             await self.dns.stop()
         if self.netpol is not None:
@@ -251,6 +252,8 @@ def embedded_serving_context(pki, data: Path, args: argparse.Namespace):
 
 
 RUNTIMES = ("oci", "process", "fake")
+# What --disable may name, per command.
+KNOWN_DISABLE = {"server": {"controllers", "scheduler", "kubelet", "servicelb", "ingress"}, "agent": {"ingress"}}
 
 
 def choose_runtime(wanted: str) -> tuple[str, str]:
@@ -362,8 +365,11 @@ def _split(value: str) -> list[str]:
 def port_in_use(cmd: str, flag: str, host: str, port: int, e: OSError) -> str:
     """The one-line error for a listener that cannot bind, naming the flag that moves it."""
     if e.errno == errno.EADDRINUSE:
+        hint = {"--kubelet-port": ", or 0 for a free one",
+                "--ingress-http-port": ", 0 for a free one, or --disable=ingress",
+                "--ingress-https-port": ", 0 for a free one, or --disable=ingress"}.get(flag, "")
         return (f"kyb {cmd}: {flag} {port}: {host}:{port} is already in use (another kyb server, agent or "
-                f"kubelet?); pass another {flag}" + (", or 0 for a free one" if flag == "--kubelet-port" else ""))
+                f"kubelet?); pass another {flag}" + hint)
     return f"kyb {cmd}: {flag} {port}: cannot listen on {host}:{port}: {e.strerror or e}"
 
 
@@ -373,6 +379,58 @@ def kubelet_port(args: argparse.Namespace) -> int:
     if args.kubelet_port is not None:
         return int(args.kubelet_port)
     return 10250 if args.cmd == "agent" or args.port == 6443 else 0
+
+
+def ingress_ports(args: argparse.Namespace) -> tuple[int, int]:
+    """(HTTP, HTTPS) ports of the node's ingress: the flags, or 80 and 443 where the kubelet has its
+    upstream port (see `kubelet_port`), else free ones."""
+    default = args.cmd == "agent" or args.port == 6443
+    http = args.ingress_http_port if args.ingress_http_port is not None else (80 if default else 0)
+    https = args.ingress_https_port if args.ingress_https_port is not None else (443 if default else 0)
+    return int(http), int(https)
+
+
+def disabled_components(args: argparse.Namespace, known: set[str]) -> set[str]:
+    disabled = {d.strip() for d in (args.disable or "").split(",") if d.strip()}
+    unknown = disabled - known
+    if unknown:
+        raise SystemExit(f"kyb {args.cmd}: --disable: unknown component(s) {', '.join(sorted(unknown))}")
+    return disabled
+
+
+async def start_ingress(client, name: str, ips: list[str], args: argparse.Namespace, log: logging.Logger):
+    """The node's ingress controller on its addresses, or a one-line error naming the port flag in the way."""
+    from ..ingress import IngressController
+
+    http, https = ingress_ports(args)
+    ingress = IngressController(client, name, ips, http, https, bind=ips)
+    try:
+        await ingress.start()
+    except OSError as e:
+        # Which listener failed: the one whose port cannot be bound on its own now.
+        flag, port, host = "--ingress-http-port", http, ips[0]
+        if e.errno == errno.EADDRINUSE:
+            busy = [(f, p, ip) for f, p in (("--ingress-http-port", http), ("--ingress-https-port", https))
+                    for ip in ips if p and _port_busy(ip, p)]
+            flag, port, host = busy[0] if busy else (flag, port, host)
+        raise SystemExit(port_in_use(args.cmd, flag, host, port, e)) from None
+    log.info("node %s: ingress on %s, HTTP port %s, HTTPS port %s (IngressClass %s)", name, ", ".join(ips),
+             ",".join(map(str, sorted(set(ingress.http_ports)))),
+             ",".join(map(str, sorted(set(ingress.https_ports)))), ingress.class_name)
+    return ingress
+
+
+def _port_busy(host: str, port: int) -> bool:
+    import socket
+
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def node_ips(args: argparse.Namespace) -> list[str]:
@@ -441,7 +499,15 @@ async def start_node(client, data: Path, args: argparse.Namespace, ssl_context,
         from ..network.proxy import ServiceProxy
         proxy = ServiceProxy(client, name, ips, cluster_cidrs=cluster_cidrs)
         await proxy.start()
-    return Node(kubelet, runtime, server, client, images=images, proxy=proxy, netpol=netpol)
+    node = Node(kubelet, runtime, server, client, images=images, proxy=proxy, netpol=netpol)
+    if "ingress" not in disabled_components(args, KNOWN_DISABLE[args.cmd]):
+        # The ingress runs on every node, as k3s's Traefik behind servicelb answers on every node.
+        try:
+            node.ingress = await start_ingress(client, name, ips, args, log)
+        except BaseException:
+            await node.stop()
+            raise
+    return node
 
 
 async def run_agent(args: argparse.Namespace) -> int:
@@ -520,6 +586,12 @@ def add_node_flags(p: argparse.ArgumentParser) -> None:
                    help="bridge: every pod gets its own network namespace and addresses from the node's pod "
                         "CIDRs, and the node runs the service proxy; none: pods share the node's network; auto "
                         "(default, or $KYB_POD_NETWORK) is bridge as root with iproute2 and nftables")
+    p.add_argument("--ingress-http-port", type=int, default=None,
+                   help="the node's ingress controller's HTTP port (0 picks a free one); default 80 on an agent and "
+                        "beside an API server on port 6443, else a free port")
+    p.add_argument("--ingress-https-port", type=int, default=None,
+                   help="the ingress controller's HTTPS port (0 picks a free one); default 443, as "
+                        "--ingress-http-port")
     p.add_argument("--image-gc-high-threshold", type=int, default=85,
                    help="disk usage percent of the image filesystem above which unused images are removed")
     p.add_argument("--image-gc-low-threshold", type=int, default=80,
@@ -565,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                         "fd42::/56): each node gets a /24 (IPv4) and a /64 (IPv6) of it as spec.podCIDRs")
     s.add_argument("--disable", default="",
                    help="comma-separated components not to run in this process: controllers, scheduler, "
-                        "kubelet, servicelb (LoadBalancer addresses)")
+                        "kubelet, servicelb (LoadBalancer addresses), ingress (the embedded node's)")
     s.add_argument("--lb-pool", action="append", default=[],
                    help="give LoadBalancer Services addresses from this pool (a CIDR or an a-b range; repeat, "
                         "or comma-separate, for more and for IPv6) instead of the nodes' own, as MetalLB does")
@@ -606,6 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     ag.add_argument("--node-ip", default="127.0.0.1",
                     help="the node's address (its kubelet listens there), or an IPv4,IPv6 pair for a dual-stack node")
     ag.add_argument("--kubelet-port", type=int, default=None, help="the kubelet's port (default 10250; 0 picks a free one)")
+    ag.add_argument("--disable", default="", help="comma-separated components not to run on this node: ingress")
     add_node_flags(ag)
     k = sub.add_parser("killall", help="stop every pod a data dir's node runs")
     k.add_argument("--data-dir", default=str(default_data_dir()))

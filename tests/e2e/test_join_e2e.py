@@ -31,7 +31,7 @@ NODE = "join-1"
 
 def _agent(server: Server, data: Path, *extra: str, log: Path | None = None, run: bool = False):
     cmd = [sys.executable, "-m", "kybernetes.cli.main", "agent", "--server", f"https://127.0.0.1:{server.port}",
-           "--data-dir", str(data), "--kubelet-port", "0", "--name", NODE, *extra]
+           "--data-dir", str(data), "--kubelet-port", "0", "--disable", "ingress", "--name", NODE, *extra]
     if run:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     f = open(log, "ab")  # noqa: SIM115 - the agent process owns it

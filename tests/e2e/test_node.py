@@ -112,7 +112,7 @@ def test_agent_joins_and_goes_not_ready_when_stopped(server: Server, tmp_path):
     token = (server.data_dir / "pki" / "join.token").read_text().strip()
     # Only the server's URL and the join string (CA pin + bootstrap token): no shared disk.
     base = [sys.executable, "-m", "kybernetes.cli.main", "agent", "--server", url,
-            "--data-dir", str(tmp_path / "agent"), "--kubelet-port", "0", "--name", "agent-1"]
+            "--data-dir", str(tmp_path / "agent"), "--kubelet-port", "0", "--disable", "ingress", "--name", "agent-1"]
     wrong = token.split("::")[0] + "::abcdef.0123456789abcdef"
     bad = subprocess.run(base[:6] + ["--token", wrong] + base[6:], capture_output=True, text=True,
                          timeout=60, check=False)
