@@ -13,7 +13,9 @@ svccontroller.k3s.cattle.io/lbpool, the nodes of that pool); with
 externalTrafficPolicy Local, only nodes with a ready endpoint of it. A node
 holds each (protocol, port) for one Service only, as the svclb pods' host
 ports do: a Service that already has addresses keeps its ports, then the
-oldest wins. The ingress lists the ExternalIP addresses of those nodes if any
+oldest wins. The ports a node's ingress controller listens on (80 and 443 by
+default, announced in its status Lease) are that node's too, as Traefik's
+svclb pods hold them on a k3s node. The ingress lists the ExternalIP addresses of those nodes if any
 has one, else their InternalIP addresses, by the Service's ipFamilies order and
 sorted within a family. Events are k3s's: Normal UpdatedLoadBalancer ("Updated
 LoadBalancer with new IPs: [a] -> [a b]") and Warning UnAvailableLoadBalancer
@@ -45,6 +47,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..client import Client
+from ..ingress.controller import LEASE_LABEL as INGRESS_LEASE_LABEL
+from ..ingress.controller import LEASE_PORTS_ANNOTATION as INGRESS_PORTS_ANNOTATION
 from .base import Controller, key_of
 from .job import record_event
 
@@ -236,6 +240,10 @@ class ServiceLBController(Controller):
             self.slices.add_index("servicelb-service", _slice_service)
             self.slices.add_handler(on_add=self._on_slice, on_update=lambda _o, s: self._on_slice(s),
                                     on_delete=self._on_slice)
+            # The node ports each node's ingress controller holds, from its Lease (see ingress_ports).
+            self.leases = self.informer("coordination.k8s.io/v1", "leases")
+            self.leases.add_handler(on_add=self._on_lease, on_update=self._on_lease_update,
+                                    on_delete=self._on_lease)
         # Pool addresses chosen for a Service whose status write the cache may not show yet.
         self._chosen: dict[str, list[str]] = {}
         # The Warning last recorded for a pending Service: recorded once per reason.
@@ -274,6 +282,14 @@ class ServiceLBController(Controller):
 
     def _on_node_update(self, old: Obj, new: Obj) -> None:
         if _node_signature(old) != _node_signature(new):
+            self._wake_all()
+
+    def _on_lease(self, lease: Obj) -> None:
+        if ingress_ports(lease):
+            self._wake_all()
+
+    def _on_lease_update(self, old: Obj, new: Obj) -> None:
+        if ingress_ports(old) != ingress_ports(new):
             self._wake_all()
 
     def _on_slice(self, eps: Obj) -> None:
@@ -337,7 +353,12 @@ class ServiceLBController(Controller):
                         for n in self.nodes.list())
         svcs = sorted((s for s in self.services.list() if is_ours(s)),
                       key=lambda s: (not ingress_ips(s), *_priority(s)))
+        # What holds a (protocol, port) on a node: a LoadBalancer, or the node's ingress controller.
         claims: dict[str, dict[tuple[str, int], str]] = {}
+        for lease in self.leases.list():
+            node, ports = ingress_ports(lease)
+            for port in ports:
+                claims.setdefault(node, {})[("TCP", port)] = f"the ingress controller of node {node}"
         plan: dict[str, tuple[list[str], str | None]] = {}
         for svc in svcs:
             key = key_of(svc)
@@ -367,7 +388,7 @@ class ServiceLBController(Controller):
             for n in free:
                 held = claims.setdefault(n["metadata"]["name"], {})
                 for pp in ports:
-                    held[pp] = key
+                    held[pp] = f"LoadBalancer {key}"
             external = [ip for n in free for ip in node_addresses(n, "ExternalIP")]
             addrs = external or [ip for n in free for ip in node_addresses(n, "InternalIP")]
             ips = []
@@ -378,7 +399,7 @@ class ServiceLBController(Controller):
                 problem = NO_NODES
                 if blocked is not None and not free:
                     (proto, port), other = blocked
-                    problem += f": port {port}/{proto} is in use by LoadBalancer {other}"
+                    problem += f": port {port}/{proto} is in use by {other}"
             plan[key] = (ips, problem)
         return plan
 
@@ -454,6 +475,18 @@ class ServiceLBController(Controller):
     def _fail(self, key: str, problem: str) -> tuple[list[str], str | None]:
         self._chosen.pop(key, None)
         return [], problem
+
+
+def ingress_ports(lease: Obj) -> tuple[str, list[int]]:
+    """(node, TCP ports) a node's ingress controller listens on, from its status Lease; ("", [])
+    for any other Lease."""
+    meta = lease.get("metadata") or {}
+    if (meta.get("labels") or {}).get(INGRESS_LEASE_LABEL) != "true":
+        return "", []
+    node = (lease.get("spec") or {}).get("holderIdentity") or ""
+    raw = (meta.get("annotations") or {}).get(INGRESS_PORTS_ANNOTATION) or ""
+    ports = sorted({int(p) for p in raw.split(",") if p.strip().isdigit()})
+    return (node, ports) if node else ("", [])
 
 
 def _slice_service(eps: Obj) -> list[str]:

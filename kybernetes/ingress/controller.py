@@ -64,6 +64,7 @@ LEASE_PREFIX = "kybernetes-ingress-"
 LEASE_LABEL = "kybernetes.io/ingress-status"
 LEASE_CONTROLLER_ANNOTATION = "kybernetes.io/ingress-controller"
 LEASE_ADDRESSES_ANNOTATION = "kybernetes.io/ingress-addresses"
+LEASE_PORTS_ANNOTATION = "kybernetes.io/ingress-ports"   # what servicelb must not give a LoadBalancer here
 LEASE_DURATION = 40
 LEASE_RENEW = 10.0
 
@@ -389,7 +390,9 @@ class IngressController:
         while True:
             meta = {"name": self.lease_name, "namespace": ns, "labels": {LEASE_LABEL: "true"},
                     "annotations": {LEASE_CONTROLLER_ANNOTATION: self.controller_name,
-                                    LEASE_ADDRESSES_ANNOTATION: ",".join(self.status_addresses)}}
+                                    LEASE_ADDRESSES_ANNOTATION: ",".join(self.status_addresses),
+                                    LEASE_PORTS_ANNOTATION: ",".join(
+                                        map(str, sorted({*self.http_ports, *self.https_ports})))}}
             spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": LEASE_DURATION,
                     "renewTime": _micro_now()}
             try:

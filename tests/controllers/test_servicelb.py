@@ -169,6 +169,33 @@ async def test_a_port_held_on_the_nodes_leaves_the_next_service_pending(env) -> 
     assert len(await events(client, "second", "UnAvailableLoadBalancer")) == 1
 
 
+async def test_the_ports_of_a_nodes_ingress_are_not_given_to_a_load_balancer(env) -> None:
+    client, _ = await env()
+    await add_node(client, "n1", ["192.168.1.1"])
+    await add_node(client, "n2", ["192.168.1.2"])
+    leases = client.resource("coordination.k8s.io/v1", "leases")
+    # n1's ingress controller announces that it listens on 80 and 443 (see ingress/controller.py).
+    await leases.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
+        "name": "kybernetes-ingress-n1", "labels": {"kybernetes.io/ingress-status": "true"},
+        "annotations": {"kybernetes.io/ingress-ports": "80,443"}}, "spec": {"holderIdentity": "n1"}},
+        "kube-system")
+    await add_lb(client, "web")
+    await ips_when(client, "web", ["192.168.1.2"])
+    await add_lb(client, "other-port", port=8443)
+    await ips_when(client, "other-port", ["192.168.1.1", "192.168.1.2"])
+    # Held on every node: pending, and the event says by what.
+    await leases.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {
+        "name": "kybernetes-ingress-n2", "labels": {"kybernetes.io/ingress-status": "true"},
+        "annotations": {"kybernetes.io/ingress-ports": "443"}}, "spec": {"holderIdentity": "n2"}}, "kube-system")
+    await add_lb(client, "tls", port=443)
+    ev = await event_when(client, "tls", "UnAvailableLoadBalancer")
+    assert ev["message"] == ("There are no available nodes for LoadBalancer: port 443/TCP is in use by the "
+                             "ingress controller of node n1"), ev["message"]
+    # The ingress stops (its Lease goes): its ports are free.
+    await leases.delete("kybernetes-ingress-n1", "kube-system")
+    await ips_when(client, "tls", ["192.168.1.1"])
+
+
 async def test_no_nodes_pending_and_other_classes_left_alone(env) -> None:
     client, _ = await env()
     await add_lb(client, "lonely")
