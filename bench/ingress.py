@@ -15,7 +15,9 @@ and its clients would:
   * the load generator: asyncio protocols keeping --concurrency keep-alive connections
     busy (each sends its next request when the previous answer is complete), or
     --new-concurrency workers opening a new connection per request (Connection: close).
-Direct and through-the-ingress runs alternate, --rounds times, median reported. The
+Where nginx is installed (Debian's nginx-light), nginx with one worker proxies to the same
+backend as a production reverse proxy would, as a second baseline: what any proxy costs on
+this machine. Direct, ingress and nginx runs alternate, --rounds times, median reported. The
 figures: requests/s and p50/p99 latency, and bulk MB/s for 1 MiB answers; ratios are
 ingress / direct (rates) and direct / ingress (latencies), so 1.0 is "as fast as going
 direct". Target: keep-alive requests/s >= 0.5x direct. Everything stays on loopback.
@@ -280,23 +282,87 @@ def run_client(port: int, mode: str, seconds: float, concurrency: int, path: str
     return json.loads(out.stdout)
 
 
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def spawn_nginx(backend_port: str) -> tuple[subprocess.Popen[str] | None, int]:
+    """nginx with one worker (the ingress is one process) proxying to the backend as ingress-nginx
+    does: HTTP/1.1 upstream keep-alive, X-Forwarded-For; (None, 0) where nginx is not installed."""
+    import shutil
+    import socket
+
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        return None, 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = Path(tempfile.mkdtemp(prefix="kyb-bench-nginx-"))
+    (d / "nginx.conf").write_text(NGINX_CONF.format(dir=d, backend=backend_port, port=port))
+    p = subprocess.Popen([nginx, "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"], text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return p, port
+        except OSError:
+            if p.poll() is not None or time.monotonic() > deadline:
+                p.kill()
+                return None, 0
+            time.sleep(0.05)
+
+
 def bench_backend(kind: str, args: argparse.Namespace) -> dict[str, dict[str, dict[str, float]]]:
     backend, (bport,) = spawn("_backend", kind)
     ingress, (iport, _sport) = spawn("_ingress", bport)
     procs = [ingress, backend]
+    nginx, nport = spawn_nginx(bport) if args.nginx else (None, 0)
+    if nginx is not None:
+        procs.append(nginx)
     cases = {"keepalive": ("keepalive", args.concurrency, "/"),
              "new connections": ("new", args.new_concurrency, "/"),
              "1 MiB answers": ("keepalive", 4, "/big")}
-    results: dict[str, dict[str, list[dict[str, float]]]] = {c: {"direct": [], "ingress": []} for c in cases}
+    targets = {"direct": int(bport), "ingress": int(iport), **({"nginx": nport} if nginx is not None else {})}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {c: {t: [] for t in targets} for c in cases}
     try:
         for _ in range(args.rounds):
             for case, (mode, conc, path) in cases.items():
-                results[case]["direct"].append(run_client(int(bport), mode, args.seconds, conc, path))
-                results[case]["ingress"].append(run_client(int(iport), mode, args.seconds, conc, path))
+                for target, port in targets.items():
+                    results[case][target].append(run_client(port, mode, args.seconds, conc, path))
     finally:
         for p in procs:
-            p.kill()
-            p.wait()
+            p.terminate()   # nginx's master stops its workers on SIGTERM (a SIGKILL would orphan them)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
     def median(rs: list[dict[str, float]]) -> dict[str, float]:
         return {k: statistics.median(r[k] for r in rs) for k in rs[0]}
@@ -322,6 +388,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--new-concurrency", type=int, default=8)
     p.add_argument("--backend", choices=["raw", "aiohttp", "both"], default="both")
+    p.add_argument("--no-nginx", dest="nginx", action="store_false",
+                   help="skip the comparison with nginx (run where nginx is installed)")
     args = p.parse_args()
     loop_name = "uvloop" if not os.environ.get("KYB_NO_UVLOOP") and _has_uvloop() else "asyncio"
     for kind in (["raw", "aiohttp"] if args.backend == "both" else [args.backend]):
@@ -338,6 +406,15 @@ def main() -> None:
         d, i = r["1 MiB answers"]["direct"], r["1 MiB answers"]["ingress"]
         print(f"  {'1 MiB answers, 4 keep-alive conns':<34} direct {d['bps'] / 1e6:>8.0f} MB/s "
               f"{'':>24}| ingress {i['bps'] / 1e6:>8.0f} MB/s {'':>24}-> {i['bps'] / d['bps']:.2f}x")
+        if "nginx" in r["keepalive"]:
+            print("  nginx, 1 worker, as a reverse proxy in the same run (nginx / direct; ingress / nginx):")
+            for case in ("keepalive", "new connections"):
+                d, n, i = (r[case][t] for t in ("direct", "nginx", "ingress"))
+                print(f"    {case:<32} nginx {n['rps']:>8.0f} req/s p99 {n['p99'] * 1e3:6.2f} ms -> "
+                      f"{n['rps'] / d['rps']:.2f}x direct; ingress {i['rps'] / n['rps']:.2f}x nginx")
+            d, n, i = (r["1 MiB answers"][t] for t in ("direct", "nginx", "ingress"))
+            print(f"    {'1 MiB answers':<32} nginx {n['bps'] / 1e6:>8.0f} MB/s -> {n['bps'] / d['bps']:.2f}x "
+                  f"direct; ingress {i['bps'] / n['bps']:.2f}x nginx")
 
 
 def _has_uvloop() -> bool:
