@@ -71,23 +71,25 @@ def cluster(tmp_path_factory):
         lan.delete()
 
 
-def client_pod(s: Server, name: str, node: str, script: str, labels: dict[str, str] | None = None) -> str:
+def client_pod(s: Server, name: str, node: str, script: str, labels: dict[str, str] | None = None,
+               namespace: str = "default") -> str:
     """A busybox pod on `node`, run to completion; its log."""
-    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels or {}}, "spec": {
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": {
+        "name": name, "namespace": namespace, "labels": labels or {}}, "spec": {
         "restartPolicy": "Never", "nodeSelector": {"kubernetes.io/hostname": node},
         "containers": [{"name": "c", "image": "busybox", "imagePullPolicy": "IfNotPresent",
                         "command": ["sh", "-c", script]}]}}
     s.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     def done():
-        phase = s.kjson("get", "pod", name)["status"].get("phase")
+        phase = s.kjson("get", "pod", name, "-n", namespace)["status"].get("phase")
         return phase if phase in ("Succeeded", "Failed") else None
-    assert wait_for(done, 90) == "Succeeded", s.kubectl("describe", "pod", name).stdout + s.kubectl(
-        "logs", name, check=False).stdout
-    events = s.kjson("get", "events", "--field-selector", f"involvedObject.name={name}")["items"]
+    assert wait_for(done, 90) == "Succeeded", s.kubectl("describe", "pod", name, "-n", namespace).stdout + \
+        s.kubectl("logs", name, "-n", namespace, check=False).stdout
+    events = s.kjson("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}")["items"]
     assert not [e for e in events if e["type"] == "Warning"], events
-    out = s.kubectl("logs", name).stdout
-    s.kubectl("delete", "pod", name, "--wait=false")
+    out = s.kubectl("logs", name, "-n", namespace).stdout
+    s.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
     return out
 
 
@@ -177,3 +179,79 @@ def test_network_policy_is_enforced_across_nodes(cluster):
     finally:
         s.kubectl("delete", "networkpolicy", "web-access")
 
+
+
+def _reaches(s: Server, name: str, targets: list[str], **kw) -> dict[str, bool]:
+    """From a client pod on the agent: which of the web pod addresses answer on 8080."""
+    script = "sleep 1; " + "; ".join(f"echo {t} $({_get(f'{t} 8080')})" for t in targets)
+    out = client_pod(s, name, AGENT_NODE, script, **kw)
+    got = {line.split()[0]: len(line.split()) > 1 for line in out.splitlines() if line.split()}
+    return {t: got.get(t, False) for t in targets}
+
+
+def test_the_docs_policy_recipes_default_deny_and_allow_from_a_namespace(cluster):
+    s, _agent = cluster
+    target = s.kjson("get", "pods", "-l", "app=web")["items"][0]["status"]["podIP"]
+    s.kubectl("create", "namespace", "ops")
+    s.kubectl("label", "namespace", "ops", "team=ops")
+    s.kubectl("create", "namespace", "dev")
+    # The docs' default-deny-ingress, as it is.
+    s.kubectl("apply", "-f", "-", input="""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: default-deny-ingress
+spec:
+  podSelector: {}
+  policyTypes:
+  - Ingress
+""")
+    try:
+        assert _reaches(s, "deny-default", [target]) == {target: False}
+        assert _reaches(s, "deny-ops", [target], namespace="ops") == {target: False}
+        # Allow from every pod of the namespaces labelled team=ops.
+        s.kubectl("apply", "-f", "-", input="""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: web-from-ops
+spec:
+  podSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchLabels:
+          team: ops
+    ports:
+    - protocol: TCP
+      port: 8080
+""")
+        assert _reaches(s, "allow-ops", [target], namespace="ops") == {target: True}
+        assert _reaches(s, "still-deny-dev", [target], namespace="dev") == {target: False}
+        assert _reaches(s, "still-deny-default", [target]) == {target: False}
+        # Deleting the deny-all leaves web-from-ops isolating the web pods: still only ops gets in.
+        s.kubectl("delete", "networkpolicy", "default-deny-ingress")
+        assert _reaches(s, "deny-dev-by-web-from-ops", [target], namespace="dev") == {target: False}
+    finally:
+        s.kubectl("delete", "networkpolicy", "--all")
+        s.kubectl("delete", "namespace", "ops", "dev", "--wait=false")
+    assert _reaches(s, "open-again", [target]) == {target: True}
+
+
+def test_egress_to_an_ip_block_with_an_exception(cluster):
+    s, _agent = cluster
+    a, b = sorted(p["status"]["podIP"] for p in s.kjson("get", "pods", "-l", "app=web")["items"])
+    cidr = s.kjson("get", "node", SERVER_NODE)["spec"]["podCIDRs"][0]
+    # The restricted pods may open connections only to the server node's pod CIDR, less `b`.
+    s.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "egress-block"},
+        "spec": {"podSelector": {"matchLabels": {"role": "restricted"}}, "policyTypes": ["Egress"],
+                 "egress": [{"to": [{"ipBlock": {"cidr": cidr, "except": [f"{b}/32"]}}],
+                             "ports": [{"protocol": "TCP", "port": 8080}]}]}}))
+    try:
+        assert _reaches(s, "restricted", [a, b], labels={"role": "restricted"}) == {a: True, b: False}
+        assert _reaches(s, "unrestricted", [a, b]) == {a: True, b: True}
+    finally:
+        s.kubectl("delete", "networkpolicy", "egress-block")
