@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import statistics
 import subprocess
@@ -39,17 +38,7 @@ sys.path.insert(0, str(ROOT))
 import dns.message  # noqa: E402
 import dns.rcode  # noqa: E402
 import dns.rrset  # noqa: E402
-
-
-def _use_uvloop() -> str:
-    if os.environ.get("KYB_NO_UVLOOP"):
-        return "asyncio"
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    uvloop.install()
-    return "uvloop"
+from bench.loops import use_uvloop  # noqa: E402
 
 
 # ---------------------------------------------------------------------- servers (child processes)
@@ -196,7 +185,7 @@ def main() -> None:
     ap.add_argument("--serve", choices=["dns", "echo"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        loop_name = _use_uvloop()
+        loop_name = use_uvloop()
         print(f"# {args.serve} server on {loop_name}", file=sys.stderr)
         asyncio.run(serve_dns(args.services) if args.serve == "dns" else serve_echo())
         return

@@ -40,19 +40,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loops import use_uvloop  # noqa: E402
+
 HOST = "bench.example"
 BIG = 1 << 20
 
 
-def _use_uvloop() -> str:
-    if os.environ.get("KYB_NO_UVLOOP"):
-        return "asyncio"
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    uvloop.install()
-    return "uvloop"
 
 
 # ---------------------------------------------------------------------- child processes
@@ -372,7 +365,7 @@ def bench_backend(kind: str, args: argparse.Namespace) -> dict[str, dict[str, di
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
-        _use_uvloop()
+        use_uvloop()
         role = sys.argv[1]
         if role == "_backend":
             asyncio.run(serve_raw() if sys.argv[2] == "raw" else serve_aiohttp())

@@ -14,6 +14,7 @@ addresses on the LAN. Everything is deleted by `delete()`, even after a failure.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -23,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from .conftest import Server, wait_for
+from .conftest import Server, free_port, wait_for
 
 KYB = [sys.executable, "-m", "kybernetes.cli.main"]
 
@@ -189,3 +190,50 @@ def try_get(host: str, port: int, path: str = "/") -> bytes | None:
         return http_get(host, port, path)
     except OSError:
         return None
+
+
+def node_ready(s: Server, name: str) -> bool:
+    p = s.kubectl("get", "node", name, "-o", "json", check=False)
+    if p.returncode != 0:
+        return False
+    conds = (json.loads(p.stdout).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+SERVER_NODE, AGENT_NODE = "node-a", "node-b"
+
+
+@contextlib.contextmanager
+def two_nodes(tmp_path_factory, images: list[str], *, dual_stack: bool = False,
+              server_args: tuple[str, ...] = ()):
+    """A LAN with `kyb server` (node SERVER_NODE) and a joined `kyb agent` (AGENT_NODE) on it, both
+    Ready, each with the image tarballs `images` imported; (lan, server, agent), all gone afterwards."""
+    lan = NodeLan()
+    agent = server = None
+    try:
+        a, b = lan.add_node(), lan.add_node()
+        data, agent_data = tmp_path_factory.mktemp("kyb-a"), tmp_path_factory.mktemp("kyb-b")
+        for d in (data, agent_data):
+            p = subprocess.run([*KYB, "image", "import", "--data-dir", str(d), *images], capture_output=True,
+                               text=True, timeout=120)
+            assert p.returncode == 0, p.stderr
+        extra = ["--node-name", SERVER_NODE, *server_args]
+        if dual_stack:
+            extra += ["--cluster-cidr", "10.42.0.0/16,fd42::/56", "--service-cidr", "10.43.0.0/16,fd43::/112"]
+        server = NamespacedServer(data, free_port(), a, node_ips=f"{a.node_ip},{a.node_ip6}" if dual_stack else None,
+                                  extra_args=extra)
+        server.start()
+        agent = NamespacedAgent(server, agent_data, b, AGENT_NODE,
+                                node_ips=f"{b.node_ip},{b.node_ip6}" if dual_stack else None)
+        agent.start()
+        try:
+            wait_for(lambda: node_ready(server, AGENT_NODE) and node_ready(server, SERVER_NODE), 60)
+        except Exception as e:
+            raise AssertionError(f"nodes not ready ({e!r}):\n" + agent.log.read_text()[-4000:]) from None
+        yield lan, server, agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        if server is not None:
+            server.stop()
+        lan.delete()

@@ -17,19 +17,17 @@ import datetime
 import json
 import socket
 import ssl
-import subprocess
 
 import pytest
 
 from kybernetes.images import build
 
-from .conftest import Server, free_port, needs_kubectl, wait_for
-from .nodenet import KYB, NamespacedAgent, NamespacedServer, NodeLan, capable
+from .conftest import Server, needs_kubectl, wait_for
+from .nodenet import SERVER_NODE, NodeLan, capable, two_nodes
 
 _OK, _WHY = capable()
 pytestmark = [needs_kubectl, pytest.mark.skipif(not _OK, reason=_WHY)]
 
-SERVER_NODE, AGENT_NODE = "node-a", "node-b"
 LAN: NodeLan  # the test's LAN; requests come from its host_ip
 
 # One connection of the backend: an HTTP request in, an answer naming $SERVICE and the pod out;
@@ -98,50 +96,22 @@ def _apply(s: Server, *objs: dict) -> None:
     s.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
 
 
-def _ready(s: Server, name: str) -> bool:
-    p = s.kubectl("get", "node", name, "-o", "json", check=False)
-    if p.returncode != 0:
-        return False
-    conds = (json.loads(p.stdout).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     global LAN
-    lan = LAN = NodeLan()
-    agent = server = None
-    try:
-        a, b = lan.add_node(), lan.add_node()
-        images = tmp_path_factory.mktemp("images")
-        with build.busybox_image("busybox:latest") as img:
-            bb = build.write_oci_layout(str(images / "busybox.tar"), img)
-        data, agent_data = tmp_path_factory.mktemp("kyb-a"), tmp_path_factory.mktemp("kyb-b")
-        p = subprocess.run([*KYB, "image", "import", "--data-dir", str(data), bb], capture_output=True,
-                           text=True, timeout=120)
-        assert p.returncode == 0, p.stderr
-        # The ingress takes its upstream ports (80, 443) as it does beside an API server on 6443.
-        server = NamespacedServer(data, free_port(), a, extra_args=[
-            "--node-name", SERVER_NODE, "--ingress-http-port", "80", "--ingress-https-port", "443"])
-        server.start()
-        agent = NamespacedAgent(server, agent_data, b, AGENT_NODE)
-        agent.start()
-        try:
-            wait_for(lambda: _ready(server, AGENT_NODE) and _ready(server, SERVER_NODE), 60)
-        except Exception as e:
-            raise AssertionError(f"nodes not ready ({e!r}):\n" + agent.log.read_text()[-4000:]) from None
+    images = tmp_path_factory.mktemp("images")
+    with build.busybox_image("busybox:latest") as img:
+        bb = build.write_oci_layout(str(images / "busybox.tar"), img)
+    # The ingress takes its upstream ports (80, 443) as it does beside an API server on 6443.
+    with two_nodes(tmp_path_factory, [bb], server_args=("--ingress-http-port", "80", "--ingress-https-port",
+                                                        "443")) as (lan, server, agent):
+        LAN = lan
         server.kubectl("create", "configmap", "echo-backend", "--from-literal", f"backend.sh={BACKEND}")
         _apply(server, *_backend("service1", port=4200), *_backend("service2", port=8080),
                *_backend("test", replicas=2))
         for name in ("service1", "service2", "test"):
             server.kubectl("rollout", "status", f"deployment/{name}", "--timeout=90s")
         yield server, agent
-    finally:
-        if agent is not None:
-            agent.stop()
-        if server is not None:
-            server.stop()
-        lan.delete()
 
 
 def request(ip: str, host: str, path: str, *, port: int = 80, tls: bool = False,

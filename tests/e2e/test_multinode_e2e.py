@@ -12,63 +12,29 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import subprocess
 
 import pytest
 
 from kybernetes.images import build
 
-from .conftest import Server, free_port, needs_kubectl, wait_for
-from .nodenet import KYB, NamespacedAgent, NamespacedServer, NodeLan, capable, try_get
+from .conftest import Server, needs_kubectl, wait_for
+from .nodenet import AGENT_NODE, SERVER_NODE, capable, try_get, two_nodes
 
 _OK, _WHY = capable()
 pytestmark = [needs_kubectl, pytest.mark.skipif(not _OK, reason=_WHY)]
 
-SERVER_NODE, AGENT_NODE = "node-a", "node-b"
 WHOAMI = ["sh", "-c", "hostname > /www/host; exec httpd -f -p 8080 -h /www"]
-
-
-def _ready(s: Server, name: str) -> bool:
-    p = s.kubectl("get", "node", name, "-o", "json", check=False)
-    if p.returncode != 0:
-        return False
-    conds = (json.loads(p.stdout).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    lan = NodeLan()
-    agent = server = None
-    try:
-        a, b = lan.add_node(), lan.add_node()
-        images = tmp_path_factory.mktemp("images")
-        with build.busybox_image("busybox:latest") as img:
-            bb = build.write_oci_layout(str(images / "busybox.tar"), img)
-        with build.web_image("web:1") as img:
-            web = build.write_oci_layout(str(images / "web.tar"), img)
-        data, agent_data = tmp_path_factory.mktemp("kyb-a"), tmp_path_factory.mktemp("kyb-b")
-        for d in (data, agent_data):
-            p = subprocess.run([*KYB, "image", "import", "--data-dir", str(d), bb, web], capture_output=True,
-                               text=True, timeout=120)
-            assert p.returncode == 0, p.stderr
-        server = NamespacedServer(data, free_port(), a, node_ips=f"{a.node_ip},{a.node_ip6}", extra_args=[
-            "--node-name", SERVER_NODE, "--cluster-cidr", "10.42.0.0/16,fd42::/56",
-            "--service-cidr", "10.43.0.0/16,fd43::/112"])
-        server.start()
-        agent = NamespacedAgent(server, agent_data, b, AGENT_NODE, node_ips=f"{b.node_ip},{b.node_ip6}")
-        agent.start()
-        try:
-            wait_for(lambda: _ready(server, AGENT_NODE) and _ready(server, SERVER_NODE), 60)
-        except Exception as e:
-            raise AssertionError(f"nodes not ready ({e!r}):\n" + agent.log.read_text()[-4000:]) from None
+    images = tmp_path_factory.mktemp("images")
+    with build.busybox_image("busybox:latest") as img:
+        bb = build.write_oci_layout(str(images / "busybox.tar"), img)
+    with build.web_image("web:1") as img:
+        web = build.write_oci_layout(str(images / "web.tar"), img)
+    with two_nodes(tmp_path_factory, [bb, web], dual_stack=True) as (_lan, server, agent):
         yield server, agent
-    finally:
-        if agent is not None:
-            agent.stop()
-        if server is not None:
-            server.stop()
-        lan.delete()
 
 
 def client_pod(s: Server, name: str, node: str, script: str, labels: dict[str, str] | None = None,
