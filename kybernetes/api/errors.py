@@ -113,21 +113,23 @@ class StatusError(Exception):
         self.details = details
 
     def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
+        """The metav1.Status, its fields in upstream's order (clients compare the bytes)."""
+        body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                "message": self.message}
+        if self.reason:
+            body["reason"] = self.reason
         if self.details is not None:
             body["details"] = self.details
+        body["code"] = self.code
         return body
 
-    def to_bytes(self) -> bytes:
+    def to_json(self) -> bytes:
+        """The Status as JSON, to embed in another document (a watch event)."""
         return orjson.dumps(self.status())
+
+    def to_bytes(self) -> bytes:
+        """The Status as a response body: JSON and a newline, as kube-apiserver's encoder writes it."""
+        return orjson.dumps(self.status()) + b"\n"
 
 
 def _qualified(resource: str, group: str) -> str:

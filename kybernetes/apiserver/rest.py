@@ -442,7 +442,7 @@ class REST:
                 c.watchers.add(w)  # so that close() is uniform
                 w.close()
                 gone = errors.gone(f"too old resource version: {since} ({c.oldest_rv})")
-                initial.append(b'{"type":"ERROR","object":' + gone.to_bytes() + b"}\n")
+                initial.append(b'{"type":"ERROR","object":' + gone.to_json() + b"}\n")
             else:
                 c.watchers.add(w)
                 for ev in evs:

@@ -293,7 +293,7 @@ class _RemoteCommand:
                     self.upstream = await self.connect()
                 except StatusError as e:
                     if "error" in self.streams:
-                        await self.streams["error"].write(self._error_payload(e.to_bytes()))
+                        await self.streams["error"].write(self._error_payload(e.to_json()))
                     await self._end(reader)
                     return
             if "stdin" in self.streams:

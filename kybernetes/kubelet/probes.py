@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +81,7 @@ async def run_check(action: Obj, *, runtime: Runtime, container_id: str, contain
             try:
                 _r, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
             except (OSError, TimeoutError) as e:
-                return FAILURE, f"dial tcp {host}:{port}: {e or 'i/o timeout'}"
+                return FAILURE, dial_error(host, port, e)
             w.close()
             with contextlib.suppress(Exception):
                 await w.wait_closed()
@@ -121,8 +123,26 @@ async def _http_get(src: Obj, container: Obj, pod_ip: str, timeout: float) -> tu
             if 200 <= r.status < 400:
                 return SUCCESS, ""
             return FAILURE, f"HTTP probe failed with statuscode: {r.status}" + (f" body: {body}" if body else "")
-    except (aiohttp.ClientError, OSError, TimeoutError) as e:
-        return FAILURE, f'Get "{url}": {e or "context deadline exceeded"}'
+    except TimeoutError:
+        return FAILURE, f'Get "{url}": context deadline exceeded (Client.Timeout exceeded while awaiting headers)'
+    except aiohttp.ClientConnectorError as e:
+        return FAILURE, f'Get "{url}": {dial_error(host, port, e.os_error)}'
+    except aiohttp.ServerDisconnectedError:
+        return FAILURE, f'Get "{url}": EOF'
+    except (aiohttp.ClientError, OSError) as e:
+        return FAILURE, f'Get "{url}": {e}'
+
+
+def dial_error(host: str, port: int, e: BaseException) -> str:
+    """A failed connect in the words of Go's net package, as upstream's probe messages read
+    ("dial tcp 10.42.0.5:8080: connect: connection refused")."""
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(e, TimeoutError) or getattr(e, "errno", None) == errno.ETIMEDOUT:
+        return f"dial tcp {addr}: i/o timeout"
+    code = getattr(e, "errno", None)
+    if isinstance(code, int) and code > 0:
+        return f"dial tcp {addr}: connect: {os.strerror(code).lower()}"
+    return f"dial tcp {addr}: {e}"
 
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

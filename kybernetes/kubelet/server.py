@@ -94,7 +94,7 @@ class HTTPError(Exception):
         self.message = message
 
     def response(self) -> web.Response:
-        body = status(self.code, self.REASONS.get(self.code, "InternalError"), self.message)
+        body = status(self.code, self.REASONS.get(self.code, "InternalError"), self.message) + b"\n"
         # The message in a header too: a WebSocket client sees a failed handshake's headers, not its body.
         headers = {"X-Kubelet-Error": self.message.encode("ascii", "backslashreplace").decode()}
         return web.Response(status=self.code, body=body, content_type="application/json", headers=headers)
@@ -103,9 +103,10 @@ class HTTPError(Exception):
 def status(code: int, reason: str, message: str, details: dict | None = None) -> bytes:
     """A metav1.Status with status Failure."""
     st: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                          "message": message, "reason": reason, "code": code}
+                          "message": message, "reason": reason}
     if details:
         st["details"] = details
+    st["code"] = code   # upstream's field order
     return orjson.dumps(st)
 
 

@@ -700,3 +700,16 @@ def test_other_defaults():
     cm = {"metadata": {"name": "c"}, "data": {}}
     apply_defaults("ConfigMap", "", cm)
     assert cm == {"metadata": {"name": "c"}, "data": {}}
+
+
+def test_status_bodies_are_upstreams_bytes() -> None:
+    from kybernetes.api import errors
+
+    # As kube-apiserver writes them (the kubernetes Python client's tests compare these bytes).
+    assert errors.not_found("namespaces", "", "nope").to_bytes() == (
+        b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"namespaces \\"nope\\" '
+        b'not found","reason":"NotFound","details":{"name":"nope","kind":"namespaces"},"code":404}\n')
+    assert errors.conflict("deployments", "apps", "web", "try again").to_bytes().endswith(
+        b'"reason":"Conflict","details":{"name":"web","kind":"deployments","group":"apps"},"code":409}\n')
+    # Without details the code still comes last; embedded in a watch event, no newline.
+    assert errors.gone("too old resource version").to_json().endswith(b'"reason":"Expired","code":410}')
