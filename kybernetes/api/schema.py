@@ -311,7 +311,8 @@ class Schema:
         string into Go struct field DeploymentSpec.spec.replicas of type int32``);
         they are listed in document order and upstream reports only the first.
         Unknown fields come back as FieldError("Invalid", path, 'unknown field "path"')
-        when ``strict``, else as warning strings ``unknown field "path"``.
+        when ``strict``; otherwise they are removed from ``obj`` (upstream's decoder drops
+        them) and come back as warning strings ``unknown field "path"``.
         :func:`decode_error` turns the errors into the 400 upstream sends.
         A kind without a definition validates clean (nothing to check against).
         """
@@ -327,6 +328,9 @@ class Schema:
         if strict:
             errs = v.errors + [FieldError("Invalid", p, f'unknown field "{p}"') for p in v.unknown]
             return errs, []
+        # Not strict: an unknown field is dropped, as decoding into the Go type drops it upstream.
+        for parent, key in v.found:
+            parent.pop(key, None)
         return v.errors, [f'unknown field "{p}"' for p in v.unknown]
 
     # ---- OpenAPI ----------------------------------------------------------------
@@ -529,11 +533,12 @@ def _go_path(path: list[Any]) -> str:
 
 
 class _Validator:
-    __slots__ = ("errors", "unknown")
+    __slots__ = ("errors", "found", "unknown")
 
     def __init__(self) -> None:
         self.errors: list[FieldError] = []
         self.unknown: list[str] = []
+        self.found: list[tuple[dict[str, Any], str]] = []   # (object, key) of each unknown field
 
     def type_error(self, node: Node, value: Any, path: list[Any], struct: str,
                    what: str | None = None, message: str | None = None) -> None:
@@ -551,6 +556,7 @@ class _Validator:
             path.append(key)
             if sub is None:
                 self.unknown.append(_render_path(path, keys=False))
+                self.found.append((value, key))
             elif child is not None:
                 self.walk(sub, child, path, own)
             path.pop()
