@@ -241,7 +241,9 @@ class ServiceLBController(Controller):
             self.slices.add_handler(on_add=self._on_slice, on_update=lambda _o, s: self._on_slice(s),
                                     on_delete=self._on_slice)
             # The node ports each node's ingress controller holds, from its Lease (see ingress_ports).
+            # Indexed: the shared Lease cache also holds every node's heartbeat Lease.
             self.leases = self.informer("coordination.k8s.io/v1", "leases")
+            self.leases.add_index(INGRESS_LEASES, _ingress_lease_index)
             self.leases.add_handler(on_add=self._on_lease, on_update=self._on_lease_update,
                                     on_delete=self._on_lease)
         # Pool addresses chosen for a Service whose status write the cache may not show yet.
@@ -355,7 +357,7 @@ class ServiceLBController(Controller):
                       key=lambda s: (not ingress_ips(s), *_priority(s)))
         # What holds a (protocol, port) on a node: a LoadBalancer, or the node's ingress controller.
         claims: dict[str, dict[tuple[str, int], str]] = {}
-        for lease in self.leases.list():
+        for lease in self.leases.by_index(INGRESS_LEASES, INGRESS_LEASES):
             node, ports = ingress_ports(lease)
             for port in ports:
                 claims.setdefault(node, {})[("TCP", port)] = f"the ingress controller of node {node}"
@@ -487,6 +489,13 @@ def ingress_ports(lease: Obj) -> tuple[str, list[int]]:
     raw = (meta.get("annotations") or {}).get(INGRESS_PORTS_ANNOTATION) or ""
     ports = sorted({int(p) for p in raw.split(",") if p.strip().isdigit()})
     return (node, ports) if node else ("", [])
+
+
+INGRESS_LEASES = "servicelb-ingress-leases"
+
+
+def _ingress_lease_index(lease: Obj) -> list[str]:
+    return [INGRESS_LEASES] if ingress_ports(lease)[0] else []
 
 
 def _slice_service(eps: Obj) -> list[str]:
