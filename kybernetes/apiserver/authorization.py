@@ -4,11 +4,11 @@ The reviews are computed, never stored (as upstream): SelfSubjectAccessReview
 (`kubectl auth can-i`), SubjectAccessReview, LocalSubjectAccessReview and
 SelfSubjectRulesReview (`kubectl auth can-i --list`).
 
-kybernetes has no authorization yet: every authenticated request is allowed,
-which is upstream's AlwaysAllow mode. The reviews say exactly that, so clients
-that check their permissions before acting (operators, Helm, `kubectl auth
-can-i`) get a truthful answer; an RBAC authorizer will answer through the same
-`Authorizer` interface.
+Two authorizers answer through the one ``Authorizer`` interface: AlwaysAllow
+(upstream's --authorization-mode=AlwaysAllow: every authenticated request is
+allowed, and the reviews say exactly that) and RBAC (rbac.py), behind
+``Superusers``: members of system:masters may do anything, as upstream's
+privileged-groups authorizer grants before RBAC is asked.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ REVIEWS = {
 
 
 class Authorizer(Protocol):
+    # Whether anonymous requests are the authorizer's to judge; when False (AlwaysAllow)
+    # they may reach only the public paths (see chain.py).
+    restricts_anonymous: bool
+
     def authorize(self, user: str, groups: tuple[str, ...], attributes: Obj, resource: bool) -> tuple[bool, str]:
         """(allowed, reason) for one request described by resource or non-resource attributes."""
 
@@ -45,12 +49,38 @@ class Authorizer(Protocol):
 class AlwaysAllow:
     """Every request is allowed: upstream's --authorization-mode=AlwaysAllow."""
 
+    restricts_anonymous = False
+
     def authorize(self, user: str, groups: tuple[str, ...], attributes: Obj, resource: bool) -> tuple[bool, str]:
         return True, ""
 
     def rules_for(self, user: str, groups: tuple[str, ...], namespace: str) -> tuple[list[Obj], list[Obj], bool]:
         return ([{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
                 [{"verbs": ["*"], "nonResourceURLs": ["*"]}], False)
+
+
+SUPERUSER_GROUP = "system:masters"
+_EVERYTHING = AlwaysAllow()
+
+
+class Superusers:
+    """Members of system:masters may do anything; everyone else is asked of ``inner``."""
+
+    restricts_anonymous = True
+
+    def __init__(self, inner: Authorizer, group: str = SUPERUSER_GROUP) -> None:
+        self.inner = inner
+        self.group = group
+
+    def authorize(self, user: str, groups: tuple[str, ...], attributes: Obj, resource: bool) -> tuple[bool, str]:
+        if self.group in groups:
+            return True, ""
+        return self.inner.authorize(user, groups, attributes, resource)
+
+    def rules_for(self, user: str, groups: tuple[str, ...], namespace: str) -> tuple[list[Obj], list[Obj], bool]:
+        if self.group in groups:
+            return _EVERYTHING.rules_for(user, groups, namespace)
+        return self.inner.rules_for(user, groups, namespace)
 
 
 def group_entry() -> Obj:

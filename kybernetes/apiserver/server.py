@@ -2,7 +2,9 @@
 
 ``APIServer.handle`` takes a transport-independent Request (see request.py)
 and returns a Response; the HTTPS front door (http.py) and the client's
-in-process transport both call it. Paths follow upstream exactly:
+in-process transport both call it. It runs the request chain (chain.py:
+request info, authentication, impersonation, authorization, body), whose last
+step is ``_route``. Paths follow upstream exactly:
 /api/v1/namespaces/{ns}/{resource}/{name}/{subresource} and
 /apis/{group}/{version}/..., plus /api, /apis, /version, /openapi/v2,
 /openapi/v3 and the health endpoints.
@@ -27,7 +29,8 @@ from ..api.kinds import Kind, Registry, builtin_registry
 from ..api.schema import ServedResource, get_schema
 from ..api.selectors import field_set
 from ..storage.base import Compactor, Store
-from . import eviction, proxy, tables
+from . import chain, eviction, proxy, tables
+from . import authentication
 from . import authorization as authz_api
 from . import serviceaccounts as sa_api
 from .endpoints import KubernetesEndpoints
@@ -36,6 +39,7 @@ from . import metrics as metrics_api
 from .admission import Admission
 from .ipalloc import DEFAULT_SERVICE_CIDR, kubernetes_service_ip, parse_cidrs
 from .request import Request, Response
+from .requestinfo import RequestInfo, not_found
 from .rest import REST, ListOptions, decode_body
 from .watchcache import WatchCache
 
@@ -89,6 +93,10 @@ class APIServer:
         self.kubelet_client: proxy.KubeletClient | None = None
         self.metrics = Metrics(self)
         self.start_time = time.time()
+        self.authenticator = authentication.Authenticator(self)
+        # Every request's way through the server, in order (see chain.py).
+        self.chain = chain.build([chain.with_request_info, chain.Authenticate(self, self.authenticator),
+                                  chain.Impersonate(self), chain.Authorize(self), chain.read_body], self._route)
 
     def _fields_for(self, prefix: str):
         for k in self.registry.kinds:
@@ -155,7 +163,7 @@ class APIServer:
 
     async def handle(self, req: Request) -> Response:
         try:
-            return await self._route(req)
+            return await self.chain(req)
         except StatusError as e:
             return Response(e.code, e.to_bytes())
         except asyncio.CancelledError:
@@ -166,36 +174,40 @@ class APIServer:
             return Response(err.code, err.to_bytes())
 
     async def _route(self, req: Request) -> Response:
-        path = req.path.rstrip("/") or "/"
-        if path.startswith("/api/") or path == "/api":
-            segs = path.split("/")[2:]
-            if not segs:
-                return self._json(self._api_versions())
-            version, rest = segs[0], segs[1:]
-            if version != "v1":
-                raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-            return await self._resource(req, "", version, rest)
-        if path.startswith("/apis"):
-            segs = path.split("/")[2:]
-            if not segs:
-                return self._cached("apis", self._api_groups)
-            group = segs[0]
+        info = req.info
+        assert info is not None, "the request info filter runs first"
+        segs = info.segments
+        if len(segs) >= 2 and segs[0] == "apis":
+            # Groups served by code of their own rather than by REST storage.
+            group = segs[1]
             if group == sa_api.GROUP:
-                return await self._authentication(req, segs[1:])
+                return await self._authentication(req, list(segs[2:]))
             if group == authz_api.GROUP:
-                return await self._authorization(req, segs[1:])
+                return await self._authorization(req, list(segs[2:]))
             if group == metrics_api.GROUP:
-                if len(segs) == 1:
+                if len(segs) == 2:
                     return self._json({"kind": "APIGroup", "apiVersion": "v1", **metrics_api.group_entry()})
-                if segs[1] != metrics_api.VERSION:
-                    raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-                return await self.metrics.handle(req, segs[2:])
+                if segs[2] != metrics_api.VERSION:
+                    raise not_found()
+                return await self.metrics.handle(req, list(segs[3:]))
+        if info.is_resource:
+            return await self._resource(req, info)
+        path = info.path
+        if segs[:1] == ("api",):
             if len(segs) == 1:
-                g = self._group(group)
+                return self._json(self._api_versions())
+            if segs[1] != "v1":
+                raise not_found()
+            return self._resource_list_response("", "v1")
+        if segs[:1] == ("apis",):
+            if len(segs) == 1:
+                return self._cached("apis", self._api_groups)
+            if len(segs) == 2:
+                g = self._group(segs[1])
                 if g is None:
-                    raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+                    raise not_found()
                 return self._json(g)
-            return await self._resource(req, group, segs[1], segs[2:])
+            return self._resource_list_response(segs[1], segs[2])
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             return self._health(req, path)
         if path == "/version":
@@ -345,40 +357,37 @@ class APIServer:
 
     # ------------------------------------------------------------ resources
 
-    async def _resource(self, req: Request, group: str, version: str, segs: list[str]) -> Response:
-        if not segs:
-            key = f"rl/{group}/{version}"
-            b = self._discovery.get(key)
-            if b is None:
-                rl = self._resource_list(group, version)
-                if rl is None:
-                    raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-                b = orjson.dumps(rl)
-                self._discovery[key] = b
-            return Response(200, b, JSON)
-        query = dict(req.query)
-        if segs[0] == "watch":
-            segs = segs[1:]
-            query["watch"] = "true"
-        ns: str | None = None
-        if segs and segs[0] == "namespaces" and len(segs) >= 3:
-            cand = self.registry.by_resource(group, version, segs[2])
-            if cand is not None and cand.namespaced:
-                ns = segs[1]
-                segs = segs[2:]
-        if not segs:
-            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-        kind = self.registry.by_resource(group, version, segs[0])
-        if kind is None:
-            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-        name = segs[1] if len(segs) > 1 else None
-        sub = segs[2] if len(segs) > 2 else ""
-        if len(segs) > 3:
-            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-        if kind.namespaced and name is not None and ns is None:
-            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+    def _resource_list_response(self, group: str, version: str) -> Response:
+        key = f"rl/{group}/{version}"
+        b = self._discovery.get(key)
+        if b is None:
+            rl = self._resource_list(group, version)
+            if rl is None:
+                raise not_found()
+            b = orjson.dumps(rl)
+            self._discovery[key] = b
+        return Response(200, b, JSON)
+
+    async def _resource(self, req: Request, info: RequestInfo) -> Response:
+        kind = self.registry.by_resource(info.group, info.version, info.resource)
+        parts = info.parts
+        if kind is None or len(parts) > 3:
+            raise not_found()
+        name = parts[1] if len(parts) > 1 else None
+        sub = info.subresource
+        ns: str | None = info.namespace or None
+        if not kind.namespaced:
+            # Only a Namespace itself is reached through /namespaces/{name}.
+            if ns is not None and name != ns:
+                raise not_found()
+            ns = None
+        elif name is not None and ns is None:
+            raise not_found()
         if sub and sub not in kind.subresources:
-            raise errors.StatusError(404, "NotFound", "the server could not find the requested resource")
+            raise not_found()
+        query = dict(req.query)
+        if info.verb == "watch":
+            query["watch"] = "true"
         m = req.method
         warnings: list[str] = []
         manager = ssa.manager_name(query.get("fieldManager"), req.headers.get("user-agent", ""))
@@ -446,7 +455,11 @@ class APIServer:
         if sub == "log" and m == "GET":
             return await proxy.pod_log(self, ns or "", name, query)
         if sub in proxy.UPGRADE_SUBRESOURCES:
-            # Only an HTTP upgrade (handled by the front door) can carry these streams.
+            # Only an HTTP upgrade, which the front door hands over as req.upgrade, carries these streams.
+            if req.upgrade is not None:
+                native = await req.upgrade(req.user, req.groups)
+                if native is not None:
+                    return Response(101, native=native)
             raise proxy.upgrade_required()
         if sub == "eviction" and m == "POST":
             code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), req.user)

@@ -19,10 +19,8 @@ from aiohttp import web
 
 from kybernetes.api.errors import StatusError
 from kybernetes.apiserver import proxy
-from kybernetes.apiserver.http import TokenAuth, _peer_identity, make_app, server_ssl_context
+from kybernetes.apiserver.http import TokenAuth, make_app, server_ssl_context
 from kybernetes.apiserver.pki import PKI
-from kybernetes.apiserver.request import Request, Response
-from kybernetes.apiserver.server import APIServer
 from kybernetes.kubelet.server import KubeletServer, ensure_serving_cert, serving_ssl_context
 from kybernetes.runtime import (
     ContainerConfig,
@@ -35,7 +33,6 @@ from kybernetes.runtime import (
 from .conftest import call, start_api, stop_api
 
 from tests.kubectl import KUBECTL  # noqa: E402
-_LOG_PATH = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log/?$")
 
 
 def pod_obj(name: str, containers: list[str], inits: list[str] = (), node: str | None = None) -> dict:
@@ -120,37 +117,6 @@ class FakeKubelet:
         return await asyncio.open_connection("127.0.0.1", port)
 
 
-def wire(api: APIServer, tokens: TokenAuth) -> web.Application:
-    """The front door with the proposed wiring: upgrades to proxy.handle_upgrade, pods/log to pod_log."""
-    inner = api.handle
-
-    async def handle(req: Request) -> Response:
-        # Stands in for server.py's `if sub == "log" and m == "GET": return await proxy.pod_log(...)`.
-        m = _LOG_PATH.match(req.path)
-        if m and req.method == "GET":
-            try:
-                return await proxy.pod_log(api, m.group(1), m.group(2), req.query)
-            except StatusError as e:
-                return Response(e.code, e.to_bytes())
-        return await inner(req)
-
-    api.handle = handle  # type: ignore[method-assign]
-    app = make_app(api, tokens)
-
-    @web.middleware
-    async def upgrades(request: web.Request, handler) -> web.StreamResponse:
-        # Stands in for http.py calling proxy.handle_upgrade after authentication, before reading the body.
-        who = _peer_identity(request)
-        if who is not None:
-            resp = await proxy.handle_upgrade(api, request, who[0], who[1])
-            if resp is not None:
-                return resp
-        return await handler(request)
-
-    app.middlewares.append(upgrades)
-    return app
-
-
 class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -161,7 +127,7 @@ class Cluster:
     async def start(self) -> None:
         self.api = await start_api(self.tmp)
         self.api.kubelet_client = proxy.KubeletClient.from_pki(self.pki)  # type: ignore[attr-defined]
-        self.runner = web.AppRunner(wire(self.api, TokenAuth()), handler_cancellation=True, access_log=None)
+        self.runner = web.AppRunner(make_app(self.api, TokenAuth()), handler_cancellation=True, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=server_ssl_context(self.pki))
         await site.start()

@@ -1,0 +1,152 @@
+"""The request chain: the filters every API request passes before its handler.
+
+    request info -> authenticate -> impersonate -> authorize -> read body -> handler
+
+``APIServer`` builds the chain in one place (``APIServer.chain``); the HTTPS
+front door and the in-process transport both enter it, so a component inside
+the server process is checked exactly as kubectl over HTTPS is. Each filter is
+a small unit: it takes the request and the rest of the chain, and either
+answers (raises a StatusError, which becomes a metav1.Status) or calls on.
+
+Admission is not a filter here, as it is not in upstream: it needs the decoded
+object (and, for updates, the stored one), so the REST storage runs it after
+decoding, mutating then validating, before anything is written (rest.py,
+admission.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+from ..api import errors
+from . import authentication, requestinfo
+from .request import Handler, Request, Response
+
+if TYPE_CHECKING:
+    from .server import APIServer
+
+Filter = Callable[[Request, Handler], Awaitable[Response]]
+
+# Anonymous requests may reach these without an authorizer's say, while every
+# authenticated request is allowed (AlwaysAllow): the health and version
+# endpoints and what a joining node reads before it trusts anything, the
+# kube-public cluster-info ConfigMap (its CA is checked against the join pin).
+PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
+
+
+def build(filters: Sequence[Filter], handler: Handler) -> Handler:
+    """One handler that runs ``filters`` in order, then ``handler``."""
+    h = handler
+    for f in reversed(filters):
+        h = _link(f, h)
+    return h
+
+
+def _link(f: Filter, rest: Handler) -> Handler:
+    async def step(req: Request) -> Response:
+        return await f(req, rest)
+    return step
+
+
+async def with_request_info(req: Request, rest: Handler) -> Response:
+    """Parse what the request asks for once; a path that may not be served ends here."""
+    req.info = requestinfo.parse(req.method, req.path, req.query)
+    return await rest(req)
+
+
+def public(req: Request) -> bool:
+    """May an anonymous request reach this while there is no authorizer to ask?"""
+    path = req.info.path if req.info is not None else req.path
+    return (path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
+            or (path == CLUSTER_INFO_PATH and req.method == "GET"))
+
+
+class Authenticate:
+    """Set the request's identity from its credentials (an empty ``user`` means: not yet known).
+
+    The in-process transport gives its callers' identity itself; the front door
+    leaves it to this filter. Without credentials a request is
+    ``system:anonymous``: the authorizer decides what it may do, or, with
+    authorization off (AlwaysAllow), only the public paths answer and the rest is 401.
+    """
+
+    def __init__(self, api: APIServer, authenticator: authentication.Authenticator) -> None:
+        self.api = api
+        self.authenticator = authenticator
+
+    async def __call__(self, req: Request, rest: Handler) -> Response:
+        if not req.user:
+            who = await self.authenticator.authenticate(req)
+            if who is None:
+                if not self.api.authorizer.restricts_anonymous and not public(req):
+                    raise errors.unauthorized()
+                who = authentication.ANONYMOUS
+            req.user, req.groups = who
+        return await rest(req)
+
+
+class Impersonate:
+    """Replace the identity with the one the Impersonate-* headers name, if the caller may."""
+
+    def __init__(self, api: APIServer) -> None:
+        self.api = api
+
+    async def __call__(self, req: Request, rest: Handler) -> Response:
+        if authentication.wants_impersonation(req.headers):
+            req.user, req.groups = authentication.impersonate(self.api, req.headers, (req.user, req.groups))
+        return await rest(req)
+
+
+def attributes(info: requestinfo.RequestInfo) -> dict[str, str]:
+    """The authorizer's attributes of a request (a SubjectAccessReview's resourceAttributes or
+    nonResourceAttributes)."""
+    if not info.is_resource:
+        return {"verb": info.verb, "path": info.path}
+    return {"verb": info.verb, "group": info.group, "version": info.version, "resource": info.resource,
+            "subresource": info.subresource, "namespace": info.namespace, "name": info.name}
+
+
+def forbidden(user: str, info: requestinfo.RequestInfo, reason: str) -> errors.StatusError:
+    """A 403 in upstream's words, e.g. `pods "web" is forbidden: User "u" cannot get resource "pods"
+    in API group "" in the namespace "shop"`."""
+    if not info.is_resource:
+        msg = f'forbidden: User "{user}" cannot {info.verb} path "{info.path}"'
+        details: dict[str, str] = {}
+    else:
+        resource = info.resource + ("/" + info.subresource if info.subresource else "")
+        what = f'{info.resource}.{info.group}' if info.group else info.resource
+        subject = f'{what} "{info.name}"' if info.name else what
+        scope = f'in the namespace "{info.namespace}"' if info.namespace else "at the cluster scope"
+        msg = (f'{subject} is forbidden: User "{user}" cannot {info.verb} resource "{resource}" '
+               f'in API group "{info.group}" {scope}')
+        details = {"group": info.group, "kind": info.resource}
+        if info.name:
+            details = {"name": info.name, **details}
+    if reason:
+        msg += ": " + reason
+    return errors.StatusError(403, "Forbidden", msg, details or None)
+
+
+class Authorize:
+    """Refuse what the authorizer does not allow (403, in upstream's words)."""
+
+    def __init__(self, api: APIServer) -> None:
+        self.api = api
+
+    async def __call__(self, req: Request, rest: Handler) -> Response:
+        info = req.info
+        assert info is not None, "the request info filter runs first"
+        allowed, reason = self.api.authorizer.authorize(req.user, req.groups, attributes(info), info.is_resource)
+        if not allowed:
+            raise forbidden(req.user, info, reason)
+        return await rest(req)
+
+
+async def read_body(req: Request, rest: Handler) -> Response:
+    """Read the request's body only once the request is known to be allowed."""
+    if req.read_body is not None:
+        reader, req.read_body = req.read_body, None
+        req.body = await reader()
+    return await rest(req)
