@@ -16,6 +16,7 @@ import copy
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -31,6 +32,9 @@ from .ipalloc import (
     service_addresses,
 )
 from .watchcache import WatchCache
+
+if TYPE_CHECKING:
+    from .rest import Call
 
 __all__ = ["Admission", "Reservation", "kubernetes_service_ip"]
 
@@ -71,7 +75,7 @@ class Admission:
         e = self.cache.cache("/registry/namespaces/").objects.get("/registry/namespaces/" + name)
         return orjson.loads(e.raw) if e else None
 
-    async def admit_create(self, kind: Kind, obj: dict, user: str) -> Reservation | None:
+    async def admit_create(self, kind: Kind, obj: dict, call: Call) -> Reservation | None:
         meta = obj["metadata"]
         if kind.namespaced:
             ns = meta.get("namespace") or ""
@@ -95,7 +99,7 @@ class Admission:
             await self._admit_pod_service_account(obj)
         return None
 
-    async def admit_update(self, kind: Kind, new: dict, old: dict, user: str) -> Reservation | None:
+    async def admit_update(self, kind: Kind, new: dict, old: dict, call: Call) -> Reservation | None:
         if kind.kind == "Service" and not kind.group:
             return await self._allocate_service(new, old)
         return None
@@ -114,7 +118,7 @@ class Admission:
         self._recent_ips -= res.ips
         self._recent_ports -= res.ports
 
-    async def admit_delete(self, kind: Kind, obj: dict, user: str) -> None:
+    async def admit_delete(self, kind: Kind, obj: dict, call: Call) -> None:
         if kind.kind == "Namespace" and not kind.group:
             name = obj["metadata"]["name"]
             if name in IMMORTAL_NAMESPACES:

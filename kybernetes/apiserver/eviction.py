@@ -20,11 +20,13 @@ from ..api.errors import StatusError
 from ..api.pods import is_pod_ready
 from ..api.times import format_time
 from ..api.selectors import InvalidSelector, from_label_selector_object
+from .rest import Call
 
 PDB_PREFIX = "/registry/poddisruptionbudgets/"
 
 
-async def evict(rest, pods_kind, ns: str, name: str, body: Any, user: str) -> tuple[int, bytes]:
+async def evict(rest, pods_kind, ns: str, name: str, body: Any, call: Call) -> tuple[int, bytes]:
+    """call: who evicts (the pod is deleted as them, with none of the eviction's own query options)."""
     if not isinstance(body, dict):
         raise errors.bad_request("invalid Eviction")
     bname = (body.get("metadata") or {}).get("name")
@@ -37,7 +39,7 @@ async def evict(rest, pods_kind, ns: str, name: str, body: Any, user: str) -> tu
     if guarded:
         await _take_disruption(rest, ns, pod)
     opts = orjson.dumps({"kind": "DeleteOptions", "apiVersion": "v1", **delete_options})
-    await rest.delete(pods_kind, ns, name, opts, {}, user)
+    await rest.delete(pods_kind, ns, name, opts, Call(call.user, call.groups))
     return 201, orjson.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                               "code": 201})
 

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -70,6 +71,27 @@ def decode_body(body: bytes, content_type: str) -> Any:
         return orjson.loads(body)
     except (orjson.JSONDecodeError, yaml.YAMLError) as e:
         raise errors.bad_request(f"error decoding body: {e}") from None
+
+
+@dataclass(slots=True)
+class Call:
+    """What one request brings to a write besides its object: who asks, and how.
+
+    ``query`` holds the write's options (dryRun, fieldValidation, fieldManager,
+    force, gracePeriodSeconds, ...), ``manager`` the field manager its changes
+    are recorded under (none: not recorded), and ``warnings`` collects what
+    the answer's Warning headers will say.
+    """
+
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    query: dict[str, str] = field(default_factory=dict)
+    manager: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.query.get("dryRun") == "All"
 
 
 class ListOptions:
@@ -209,8 +231,8 @@ class REST:
         obj.setdefault("metadata", {})
         return obj
 
-    def _structural(self, kind: Kind, obj: dict, query: dict[str, str], warnings: list[str]) -> None:
-        mode = query.get("fieldValidation") or "Warn"
+    def _structural(self, kind: Kind, obj: dict, call: Call) -> None:
+        mode = call.query.get("fieldValidation") or "Warn"
         if mode not in ("Strict", "Warn", "Ignore"):
             raise errors.bad_request(f"fieldValidation parameter unsupported: {mode}")
         errs, warns = self.schema.validate(obj, kind.group, kind.version, kind.kind, strict=mode == "Strict")
@@ -218,7 +240,7 @@ class REST:
         if err is not None:
             raise err
         if mode != "Ignore":
-            warnings.extend(warns)
+            call.warnings.extend(warns)
 
     def _validate(self, kind: Kind, obj: dict, old: dict | None) -> None:
         errs: list[FieldError] = validation.validate(kind.kind, kind.group, obj, old, namespaced=kind.namespaced)
@@ -246,13 +268,13 @@ class REST:
 
     # ---------------------------------------------------------------- create
 
-    async def create(self, kind: Kind, ns: str | None, body: Any, query: dict[str, str],
-                     warnings: list[str], user: str = "", manager: str = "",
-                     track: bool = True, groups: tuple[str, ...] = ()) -> tuple[int, bytes]:
+    async def create(self, kind: Kind, ns: str | None, body: Any, call: Call | None = None, *,
+                     track: bool = True) -> tuple[int, bytes]:
+        call = call if call is not None else Call()
         obj = self._check_type_meta(kind, body)
         if kind.group == certificates.GROUP:
             # Who asks for a certificate comes from authentication, never from the body.
-            certificates.prepare_create(obj, user, groups)
+            certificates.prepare_create(obj, call.user, call.groups)
         meta = obj["metadata"]
         if kind.namespaced:
             bns = meta.get("namespace")
@@ -262,7 +284,7 @@ class REST:
             meta["namespace"] = ns or bns
         else:
             meta.pop("namespace", None)
-        self._structural(kind, obj, query, warnings)
+        self._structural(kind, obj, call)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = validation_generate_name(meta["generateName"])
         for k in ("uid", "resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
@@ -278,13 +300,13 @@ class REST:
         _on_create(kind, obj)
         validation.apply_defaults(kind.kind, kind.group, obj)
         if track:
-            self._track(kind, None, obj, manager)
+            self._track(kind, None, obj, call.manager)
         self._validate(kind, obj, None)
-        reservation = await self.admission.admit_create(kind, obj, user)
+        reservation = await self.admission.admit_create(kind, obj, call)
         written = None
         try:
             name = meta.get("name") or ""
-            if query.get("dryRun") == "All":
+            if call.dry_run:
                 return 201, self._to_served(kind, orjson.dumps(obj))
             raw = encode(obj)
             for attempt in range(8):
@@ -476,9 +498,9 @@ class REST:
 
     # ---------------------------------------------------------------- update
 
-    async def update(self, kind: Kind, ns: str | None, name: str, body: Any, query: dict[str, str],
-                     warnings: list[str], subresource: str = "", user: str = "",
-                     manager: str = "") -> tuple[int, bytes]:
+    async def update(self, kind: Kind, ns: str | None, name: str, body: Any, call: Call | None = None,
+                     subresource: str = "") -> tuple[int, bytes]:
+        call = call if call is not None else Call()
         obj = self._check_type_meta(kind, body)
         meta = obj["metadata"]
         if meta.get("name") and meta["name"] != name:
@@ -487,7 +509,7 @@ class REST:
         if kind.namespaced and meta.get("namespace") and meta["namespace"] != ns:
             raise errors.bad_request("the namespace of the provided object does not match the namespace sent "
                                      "on the request")
-        self._structural(kind, obj, query, warnings)
+        self._structural(kind, obj, call)
         want_rv = meta.get("resourceVersion") or ""
         if want_rv:
             want_rv = str(_parse_rv(want_rv))
@@ -497,12 +519,11 @@ class REST:
             if want_rv and cur["metadata"]["resourceVersion"] != want_rv:
                 raise errors.stale_conflict(kind.plural, kind.group, name)
             return new
-        return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user,
-                                             retry=not want_rv, manager=manager)
+        return await self._guaranteed_update(kind, ns, name, mutate, call, subresource, retry=not want_rv)
 
     async def patch(self, kind: Kind, ns: str | None, name: str, body: bytes, content_type: str,
-                    query: dict[str, str], warnings: list[str], subresource: str = "",
-                    user: str = "", manager: str = "", groups: tuple[str, ...] = ()) -> tuple[int, bytes]:
+                    call: Call | None = None, subresource: str = "") -> tuple[int, bytes]:
+        call = call if call is not None else Call()
         ct = (content_type or "").split(";")[0].strip()
         if ct not in ("application/json-patch+json", "application/merge-patch+json",
                       "application/strategic-merge-patch+json", "application/apply-patch+yaml",
@@ -512,8 +533,8 @@ class REST:
                               "application/merge-patch+json, application/apply-patch+yaml, "
                               "application/strategic-merge-patch+json")
         if ct == "application/apply-patch+yaml":
-            return await self.apply(kind, ns, name, body, query, warnings, subresource, user, groups)
-        if query.get("force"):
+            return await self.apply(kind, ns, name, body, call, subresource)
+        if call.query.get("force"):
             raise errors.invalid_object("PatchOptions", "meta.k8s.io", "", [errors.forbidden(
                 "force", "may not be specified for non-apply patch")])
         try:
@@ -548,13 +569,15 @@ class REST:
                 raise errors.stale_conflict(kind.plural, kind.group, name)
             new.setdefault("metadata", {})["resourceVersion"] = rv
             self._check_type_meta(kind, new)
-            self._structural(kind, new, query, warnings)
+            self._structural(kind, new, call)
             return new
-        return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user,
-                                             retry=precondition is None, manager=manager)
+        return await self._guaranteed_update(kind, ns, name, mutate, call, subresource,
+                                             retry=precondition is None)
 
-    async def apply(self, kind, ns, name, body, query, warnings, subresource, user, groups=()):
+    async def apply(self, kind: Kind, ns: str | None, name: str, body: bytes, call: Call,
+                    subresource: str = "") -> tuple[int, bytes]:
         """Server-side apply: merge the user's configuration and own its fields (kybernetes.api.apply)."""
+        query = call.query
         manager = query.get("fieldManager")
         if not manager:
             raise errors.invalid_object("PatchOptions", "meta.k8s.io", "", [errors.required(
@@ -572,7 +595,7 @@ class REST:
         applied["metadata"]["name"] = name
         if kind.namespaced and ns:
             applied["metadata"].setdefault("namespace", ns)
-        self._structural(kind, applied, query, warnings)
+        self._structural(kind, applied, call)
         want_rv = applied["metadata"].pop("resourceVersion", None)
         node = self._node(kind)
         kv = await self.store.get(kind.key(ns, name))
@@ -580,7 +603,7 @@ class REST:
             obj = ssa.apply(None, applied, manager=manager, node=node, force=force, now=now_rfc3339(),
                             api_version=kind.api_version)
             try:
-                return await self.create(kind, ns, obj, query, warnings, user, track=False, groups=groups)
+                return await self.create(kind, ns, obj, call, track=False)
             except StatusError as e:
                 if e.reason != "AlreadyExists":
                     raise
@@ -594,13 +617,13 @@ class REST:
             new = ssa.apply(served, applied, manager=manager, node=node, force=force, now=now_rfc3339(),
                             subresource=subresource, api_version=kind.api_version)
             new.setdefault("metadata", {})["resourceVersion"] = rv
-            self._structural(kind, new, query, warnings)
+            self._structural(kind, new, call)
             return new
-        return await self._guaranteed_update(kind, ns, name, mutate, query, subresource, user, retry=True)
+        # The apply itself recorded the manager's fields.
+        return await self._guaranteed_update(kind, ns, name, mutate, call, subresource, retry=True, track=False)
 
-    async def _guaranteed_update(self, kind: Kind, ns: str | None, name: str, mutate, query: dict[str, str],
-                                 subresource: str, user: str, retry: bool,
-                                 manager: str = "") -> tuple[int, bytes]:
+    async def _guaranteed_update(self, kind: Kind, ns: str | None, name: str, mutate, call: Call,
+                                 subresource: str, retry: bool, track: bool = True) -> tuple[int, bytes]:
         # As upstream's GuaranteedUpdate, retry for as long as others win the
         # race: every conflict means some other write made progress, and a cap
         # would fail unconditional writes under contention.
@@ -612,31 +635,31 @@ class REST:
             _normalize(kind, new)
             if subresource not in ("status", "finalize"):
                 validation.apply_defaults(kind.kind, kind.group, new)
-            if subresource != "binding":
-                self._track(kind, cur, new, manager, subresource)
+            if subresource != "binding" and track:
+                self._track(kind, cur, new, call.manager, subresource)
             if subresource != "binding":
                 # A binding is the server's own write of the one field a pod
                 # update may never change (spec.nodeName), as upstream's
                 # BindingREST, which does not run pod update validation.
                 self._validate(kind, new, cur)
-            reservation = await self.admission.admit_update(kind, new, cur, user)
+            reservation = await self.admission.admit_update(kind, new, cur, call)
             written = None
             try:
-                done, written, out = await self._write_update(kind, ns, name, new, cur, cur_rev, query, retry)
+                done, written, out = await self._write_update(kind, ns, name, new, cur, cur_rev, call, retry)
             finally:
                 await self.admission.release(reservation, written)
             if done:
                 return out
 
     async def _write_update(self, kind: Kind, ns: str | None, name: str, new: dict, cur: dict, cur_rev: int,
-                            query: dict[str, str], retry: bool) -> tuple[bool, int | None, tuple[int, bytes]]:
+                            call: Call, retry: bool) -> tuple[bool, int | None, tuple[int, bytes]]:
         """One attempt at writing an update: (done, revision written, response); not done means retry."""
         new_meta = new["metadata"]
         cur_cmp = dict(cur)
         cur_cmp["metadata"] = {k: v for k, v in cur["metadata"].items() if k != "resourceVersion"}
         new_cmp = dict(new)
         new_cmp["metadata"] = {k: v for k, v in new_meta.items() if k != "resourceVersion"}
-        if query.get("dryRun") == "All":
+        if call.dry_run:
             return True, None, (200, self._to_served(kind, orjson.dumps(new)))
         if encode(new_cmp) == encode(cur_cmp):
             # No-op writes are not written, as upstream: resourceVersion stays.
@@ -713,8 +736,10 @@ class REST:
 
     # ---------------------------------------------------------------- delete
 
-    async def delete(self, kind: Kind, ns: str | None, name: str, body: bytes, query: dict[str, str],
-                     user: str = "", status_response: bool = True) -> tuple[int, bytes]:
+    async def delete(self, kind: Kind, ns: str | None, name: str, body: bytes, call: Call | None = None,
+                     status_response: bool = True) -> tuple[int, bytes]:
+        call = call if call is not None else Call()
+        query = call.query
         opts: dict[str, Any] = {}
         if body:
             try:
@@ -751,7 +776,7 @@ class REST:
         # cascading delete that did not finish at once.
         pending = 202 if orphan is False else 200
         pre = opts.get("preconditions") or {}
-        dry = query.get("dryRun") == "All" or opts.get("dryRun") == ["All"]
+        dry = call.dry_run or opts.get("dryRun") == ["All"]
         while True:  # retried on conflict like _guaranteed_update
             cur, cur_rev = await self._get_current(kind, ns, name)
             m = cur["metadata"]
@@ -764,7 +789,7 @@ class REST:
                                       f"Precondition failed: ResourceVersion in precondition: "
                                       f"{pre['resourceVersion']}, ResourceVersion in object meta: "
                                       f"{m.get('resourceVersion')}")
-            await self.admission.admit_delete(kind, cur, user)
+            await self.admission.admit_delete(kind, cur, call)
             finalizers = list(m.get("finalizers") or [])
             if self.gc_enabled and policy == "Orphan" and "orphan" not in finalizers:
                 finalizers.append("orphan")
@@ -826,15 +851,13 @@ class REST:
         except (TypeError, ValueError):
             raise errors.bad_request("invalid gracePeriodSeconds") from None
 
-    async def delete_collection(self, kind: Kind, ns: str | None, body: bytes, query: dict[str, str],
-                                user: str = "") -> bytes:
-        opts = ListOptions({k: v for k, v in query.items() if k in ("labelSelector", "fieldSelector")})
+    async def delete_collection(self, kind: Kind, ns: str | None, body: bytes, call: Call) -> bytes:
+        opts = ListOptions({k: v for k, v in call.query.items() if k in ("labelSelector", "fieldSelector")})
         entries, _rev, _ = await self.list_entries(kind, ns, opts)
         deleted = []
         for e in entries:
             try:
-                _, raw = await self.delete(kind, e.namespace or None, e.name, body, query, user,
-                                           status_response=False)
+                _, raw = await self.delete(kind, e.namespace or None, e.name, body, call, status_response=False)
                 deleted.append(raw)
             except StatusError as err:
                 if err.code != 404:
@@ -851,7 +874,7 @@ class REST:
         return _scale_of(kind, obj)
 
     async def update_scale(self, kind: Kind, ns: str | None, name: str, body: bytes, content_type: str,
-                           method: str, query: dict[str, str], warnings: list[str]) -> dict:
+                           method: str, call: Call) -> dict:
         cur, _ = await self._get_current(kind, ns, name)
         scale = _scale_of(kind, cur)
         if method == "PATCH":
@@ -879,7 +902,7 @@ class REST:
             new = copy.deepcopy(c)
             new.setdefault("spec", {})["replicas"] = replicas
             return new
-        _, raw = await self._guaranteed_update(kind, ns, name, mutate, query, "", "", retry=not want_rv)
+        _, raw = await self._guaranteed_update(kind, ns, name, mutate, call, "", retry=not want_rv, track=False)
         return _scale_of(kind, orjson.loads(raw))
 
     async def bind(self, kind: Kind, ns: str, name: str, body: Any) -> None:
@@ -906,7 +929,7 @@ class REST:
                           "lastTransitionTime": now_rfc3339()})
             st["conditions"] = conds
             return new
-        await self._guaranteed_update(kind, ns, name, mutate, {}, "binding", "", retry=True)
+        await self._guaranteed_update(kind, ns, name, mutate, Call(), "binding", retry=True)
 
     async def finalize_namespace(self, kind: Kind, name: str, body: Any) -> tuple[int, bytes]:
         if not isinstance(body, dict):
@@ -919,7 +942,7 @@ class REST:
             if not fins:
                 new["spec"].pop("finalizers")
             return new
-        return await self._guaranteed_update(kind, None, name, mutate, {}, "finalize", "", retry=True)
+        return await self._guaranteed_update(kind, None, name, mutate, Call(), "finalize", retry=True)
 
 
 class _WatchStream:

@@ -40,7 +40,7 @@ from .admission import Admission
 from .ipalloc import DEFAULT_SERVICE_CIDR, kubernetes_service_ip, parse_cidrs
 from .request import Request, Response
 from .requestinfo import RequestInfo, not_found
-from .rest import REST, ListOptions, decode_body
+from .rest import REST, Call, ListOptions, decode_body
 from .watchcache import WatchCache
 
 log = logging.getLogger("kybernetes.apiserver")
@@ -139,7 +139,7 @@ class APIServer:
             if await self.store.get(nsk.key(None, ns)) is None:
                 try:
                     await self.rest.create(nsk, None, {"apiVersion": "v1", "kind": "Namespace",
-                                                       "metadata": {"name": ns}}, {}, [])
+                                                       "metadata": {"name": ns}})
                 except StatusError as e:
                     if e.code != 409:
                         raise
@@ -153,8 +153,7 @@ class APIServer:
                     "metadata": {"name": "kubernetes", "namespace": "default",
                                  "labels": {"component": "apiserver", "provider": "kubernetes"}},
                     "spec": {"clusterIP": ip, "type": "ClusterIP", "sessionAffinity": "None",
-                             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}},
-                    {}, [])
+                             "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]}})
             except StatusError as e:
                 if e.code != 409:
                     raise
@@ -389,8 +388,9 @@ class APIServer:
         if info.verb == "watch":
             query["watch"] = "true"
         m = req.method
-        warnings: list[str] = []
-        manager = ssa.manager_name(query.get("fieldManager"), req.headers.get("user-agent", ""))
+        call = Call(req.user, req.groups, query,
+                    manager=ssa.manager_name(query.get("fieldManager"), req.headers.get("user-agent", "")))
+        warnings = call.warnings
         accept = req.headers.get("accept", "")
         if query.get("includeObject"):
             # Table rows carry the whole object when asked (kubectl get --sort-by does).
@@ -404,11 +404,10 @@ class APIServer:
                 return await self._list(kind, ns, opts, accept)
             if m == "POST":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.create(kind, ns, body, query, warnings, req.user, manager,
-                                                   groups=req.groups)
+                code, raw = await self.rest.create(kind, ns, body, call)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "DELETE":
-                raw = await self.rest.delete_collection(kind, ns, req.body, query, req.user)
+                raw = await self.rest.delete_collection(kind, ns, req.body, call)
                 return Response(200, raw, JSON)
             raise errors.method_not_allowed()
         if not sub:
@@ -420,14 +419,13 @@ class APIServer:
                 return self._obj_response(200, raw, warnings, kind, accept)
             if m == "PUT":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, "", req.user, manager)
+                code, raw = await self.rest.update(kind, ns, name, body, call)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "PATCH":
-                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, "", req.user,
-                                                  manager, groups=req.groups)
+                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, call)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "DELETE":
-                code, raw = await self.rest.delete(kind, ns, name, req.body, query, req.user)
+                code, raw = await self.rest.delete(kind, ns, name, req.body, call)
                 return self._obj_response(code, raw, warnings, kind, accept)
             raise errors.method_not_allowed()
         if sub in ("status", "approval"):
@@ -435,19 +433,17 @@ class APIServer:
                 return self._obj_response(200, await self.rest.get(kind, ns, name), warnings, kind, accept)
             if m == "PUT":
                 body = decode_body(req.body, ct)
-                code, raw = await self.rest.update(kind, ns, name, body, query, warnings, sub, req.user,
-                                                   manager)
+                code, raw = await self.rest.update(kind, ns, name, body, call, sub)
                 return self._obj_response(code, raw, warnings, kind, accept)
             if m == "PATCH":
-                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, query, warnings, sub,
-                                                  req.user, manager)
+                code, raw = await self.rest.patch(kind, ns, name, req.body, ct, call, sub)
                 return self._obj_response(code, raw, warnings, kind, accept)
             raise errors.method_not_allowed()
         if sub == "scale":
             if m == "GET":
                 return self._json(await self.rest.get_scale(kind, ns, name))
             if m in ("PUT", "PATCH"):
-                return self._json(await self.rest.update_scale(kind, ns, name, req.body, ct, m, query, warnings))
+                return self._json(await self.rest.update_scale(kind, ns, name, req.body, ct, m, call))
             raise errors.method_not_allowed()
         if sub == "binding" and m == "POST":
             await self.rest.bind(kind, ns or "", name, decode_body(req.body, ct))
@@ -462,7 +458,7 @@ class APIServer:
                     return Response(101, native=native)
             raise proxy.upgrade_required()
         if sub == "eviction" and m == "POST":
-            code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), req.user)
+            code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), call)
             return Response(code, raw, JSON)
         if sub == "token" and m == "POST":
             code, raw = await self.service_accounts.token_request(ns or "", name, decode_body(req.body, ct))

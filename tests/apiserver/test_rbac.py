@@ -62,31 +62,29 @@ def res(verb, resource, ns="", group="", sub="", name=""):
 
 async def mk_ns(api, name):
     await api.rest.create(api.registry.by_resource("", "v1", "namespaces"), None,
-                          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, {}, [])
+                          {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
 
 
 async def cluster_role(api, name, rules):
     await api.rest.create(_kind(api, "clusterroles"), None,
-                          {"apiVersion": AV, "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules},
-                          {}, [])
+                          {"apiVersion": AV, "kind": "ClusterRole", "metadata": {"name": name}, "rules": rules})
 
 
 async def role(api, ns, name, rules):
     await api.rest.create(_kind(api, "roles"), ns, {"apiVersion": AV, "kind": "Role",
-                                                    "metadata": {"name": name, "namespace": ns}, "rules": rules},
-                          {}, [])
+                                                    "metadata": {"name": name, "namespace": ns}, "rules": rules})
 
 
 async def crb(api, name, role_name, subjects, role_kind="ClusterRole"):
     await api.rest.create(_kind(api, "clusterrolebindings"), None, {
         "apiVersion": AV, "kind": "ClusterRoleBinding", "metadata": {"name": name},
-        "roleRef": {"apiGroup": G, "kind": role_kind, "name": role_name}, "subjects": subjects}, {}, [])
+        "roleRef": {"apiGroup": G, "kind": role_kind, "name": role_name}, "subjects": subjects})
 
 
 async def rb(api, ns, name, role_kind, role_name, subjects):
     await api.rest.create(_kind(api, "rolebindings"), ns, {
         "apiVersion": AV, "kind": "RoleBinding", "metadata": {"name": name, "namespace": ns},
-        "roleRef": {"apiGroup": G, "kind": role_kind, "name": role_name}, "subjects": subjects}, {}, [])
+        "roleRef": {"apiGroup": G, "kind": role_kind, "name": role_name}, "subjects": subjects})
 
 
 async def raw_put(api, plural, obj):
@@ -399,18 +397,18 @@ async def test_the_index_follows_edits_and_deletes(api, az):
     assert az.authorize("u", (), res("get", "pods", "a"), True)[0]
     kind = _kind(api, "clusterroles")
     await api.rest.update(kind, None, "r", {"apiVersion": AV, "kind": "ClusterRole", "metadata": {"name": "r"},
-                                            "rules": [rule(["list"], ["pods"])]}, {}, [])
+                                            "rules": [rule(["list"], ["pods"])]})
     await fresh(api)
     assert not az.authorize("u", (), res("get", "pods", "a"), True)[0]
     assert az.authorize("u", (), res("list", "pods", "a"), True)[0]
-    await api.rest.delete(kind, None, "r", b"", {})
+    await api.rest.delete(kind, None, "r", b"")
     await fresh(api)
     assert az.authorize("u", (), res("list", "pods", "a"), True) == (
         False, 'RBAC: clusterrole.rbac.authorization.k8s.io "r" not found')
     await cluster_role(api, "r", [rule(["list"], ["pods"])])
     await fresh(api)
     assert az.authorize("u", (), res("list", "pods", "a"), True)[0]
-    await api.rest.delete(_kind(api, "clusterrolebindings"), None, "b", b"", {})
+    await api.rest.delete(_kind(api, "clusterrolebindings"), None, "b", b"")
     await fresh(api)
     assert az.authorize("u", (), res("list", "pods", "a"), True) == (False, "")
 
@@ -426,7 +424,7 @@ async def test_the_index_is_rebuilt_only_when_rbac_objects_change(api, az, monke
         assert az.authorize("u", (), res("get", "pods", "a"), True)[0]
     assert len(builds) == 1
     await api.rest.create(api.registry.by_resource("", "v1", "configmaps"), "a",
-                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}, {}, [])
+                          {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})
     await fresh(api)
     assert az.authorize("u", (), res("get", "pods", "a"), True)[0]
     assert len(builds) == 1
