@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from kybernetes.api import certificates as _certificates
+from kybernetes.api import rbac as _rbac
 from kybernetes.api.errors import (
     FieldError,
     duplicate,
@@ -1727,6 +1728,7 @@ VALIDATORS: dict[tuple[str, str], Validator] = {
     ("coordination.k8s.io", "Lease"): _validate_lease,
     ("networking.k8s.io", "Ingress"): _validate_ingress,
     ("certificates.k8s.io", "CertificateSigningRequest"): _certificates.validate,
+    **_rbac.VALIDATORS,
 }
 
 
@@ -2152,6 +2154,7 @@ DEFAULTERS: dict[tuple[str, str], Callable[[dict], None]] = {
     ("apps", "DaemonSet"): _default_daemonset,
     ("batch", "Job"): _default_job,
     ("batch", "CronJob"): _default_cronjob,
+    **_rbac.DEFAULTERS,
 }
 
 

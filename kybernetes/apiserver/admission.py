@@ -34,6 +34,7 @@ from .ipalloc import (
 from .watchcache import WatchCache
 
 if TYPE_CHECKING:
+    from .escalation import EscalationCheck
     from .rest import Call
 
 __all__ = ["Admission", "Reservation", "kubernetes_service_ip"]
@@ -64,6 +65,8 @@ class Admission:
         # default service account (no controller manager), as upstream's would reject every pod.
         self.service_accounts = service_accounts
         self.services = ServiceAllocator(service_cidr, NODE_PORT_RANGE)
+        # RBAC's escalation checks (escalation.py), when the server authorizes with RBAC.
+        self.escalation: EscalationCheck | None = None
         self._service_addresses: dict[str, tuple[int, frozenset[str], frozenset[int]]] = {}
         self._lock = asyncio.Lock()
         # Allocated by writes in flight: not yet in the cache, and released
@@ -89,6 +92,8 @@ class Admission:
                 raise errors.forbidden_error(
                     f"{kind.plural}{'.' + kind.group if kind.group else ''} \"{meta.get('name', '')}\" is "
                     f"forbidden: unable to create new content in namespace {ns} because it is being terminated")
+        if self.escalation is not None:
+            await self.escalation.admit(kind, obj, None, call)
         if kind.kind == "Service" and not kind.group:
             return await self._allocate_service(obj, None)
         if kind.kind == "PersistentVolumeClaim" and not kind.group:
@@ -100,6 +105,8 @@ class Admission:
         return None
 
     async def admit_update(self, kind: Kind, new: dict, old: dict, call: Call) -> Reservation | None:
+        if self.escalation is not None:
+            await self.escalation.admit(kind, new, old, call)
         if kind.kind == "Service" and not kind.group:
             return await self._allocate_service(new, old)
         return None

@@ -33,7 +33,10 @@ from . import chain, eviction, proxy, tables
 from . import authentication
 from . import authorization as authz_api
 from . import serviceaccounts as sa_api
+from .bootstrappolicy import reconcile_bootstrap_policy
 from .endpoints import KubernetesEndpoints
+from .escalation import EscalationCheck
+from .rbac import RBACAuthorizer
 from .metrics import Metrics
 from . import metrics as metrics_api
 from .admission import Admission
@@ -62,14 +65,17 @@ class APIServer:
                  service_cidr: str | Sequence[str] = DEFAULT_SERVICE_CIDR,
                  advertise: str = "127.0.0.1:6443", watch_cache_window: int = 10000,
                  bookmark_interval: float = 30.0, service_account_key: bytes | None = None,
-                 service_account_admission: bool = False):
+                 service_account_admission: bool = False, authorization_mode: str = "AlwaysAllow"):
         """service_cidr: the Service address range, one CIDR or a dual-stack IPv4,IPv6 pair ("a,b" or a
         list, the primary family first); ValueError if malformed;
         watch_cache_window: events kept per resource for watches to resume from;
         bookmark_interval: seconds of quiet after which a watch asking for bookmarks gets one;
         service_account_key: PEM private key signing service account tokens (a per-process one if None);
         service_account_admission: default and check pods' service accounts and mount their tokens
-        (needs a controller manager that gives every namespace its default service account)."""
+        (needs a controller manager that gives every namespace its default service account);
+        authorization_mode: "RBAC" (system:masters may do anything, everyone else what Roles and
+        bindings grant) or "AlwaysAllow" (every authenticated request; anonymous ones only reach the
+        public paths); ValueError for anything else."""
         self.store = store
         self.registry = registry or builtin_registry()
         # The parsed ranges, primary first; service_cidr is their canonical "a,b" spelling.
@@ -78,11 +84,22 @@ class APIServer:
         self.advertise = advertise
         self.cache = WatchCache(store, window=watch_cache_window, fields_for=self._fields_for)
         self.admission = Admission(self.cache, self.service_cidrs, service_accounts=service_account_admission)
-        # Who may do what: nothing is restricted yet (see authorization.py).
-        self.authorizer: authz_api.Authorizer = authz_api.AlwaysAllow()
         self.service_accounts = sa_api.ServiceAccountTokens(store, self.cache, self.registry,
                                                             key_pem=service_account_key)
         self.rest = REST(store, self.cache, self.registry, self.admission, bookmark_interval=bookmark_interval)
+        # Who may do what (authorization.py, rbac.py); the RBAC objects' own writes are checked for
+        # escalation at admission (escalation.py).
+        self.authorization_mode = authorization_mode
+        self.rbac: RBACAuthorizer | None = None
+        self.authorizer: authz_api.Authorizer
+        if authorization_mode == "RBAC":
+            self.rbac = RBACAuthorizer(self.cache, self.registry)
+            self.authorizer = authz_api.Superusers(self.rbac)
+            self.admission.escalation = EscalationCheck(self.rbac, self.authorizer, self.cache)
+        elif authorization_mode == "AlwaysAllow":
+            self.authorizer = authz_api.AlwaysAllow()
+        else:
+            raise ValueError(f"unknown authorization mode {authorization_mode!r} (RBAC or AlwaysAllow)")
         self.schema = get_schema()
         self._discovery: dict[str, bytes] = {}
         self._openapi: dict[str, bytes] = {}
@@ -157,6 +174,9 @@ class APIServer:
             except StatusError as e:
                 if e.code != 409:
                     raise
+        if self.rbac is not None:
+            # The default roles and bindings, as upstream's rbac/bootstrap-roles post-start hook makes them.
+            await reconcile_bootstrap_policy(self)
 
     # ------------------------------------------------------------ dispatch
 

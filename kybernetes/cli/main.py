@@ -68,7 +68,8 @@ async def run_server(args: argparse.Namespace) -> int:
     host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     advertise = f"{host_for_url}:{args.port}"
     api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise,
-                    service_account_key=pki.sa_key.read_bytes(), service_account_admission=True)
+                    service_account_key=pki.sa_key.read_bytes(), service_account_admission=True,
+                    authorization_mode=args.authorization_mode)
     from ..apiserver.proxy import KubeletClient
     api.kubelet_client = KubeletClient.from_pki(pki)
     await api.start()
@@ -638,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--disable", default="",
                    help="comma-separated components not to run in this process: controllers, scheduler, "
                         "kubelet, servicelb (LoadBalancer addresses), ingress (the embedded node's)")
+    s.add_argument("--authorization-mode", default="RBAC", choices=["RBAC", "AlwaysAllow"],
+                   help="RBAC (the default): Roles and bindings say who may do what, system:masters may do "
+                        "anything; AlwaysAllow: every authenticated client may do everything")
     s.add_argument("--lb-pool", action="append", default=[],
                    help="give LoadBalancer Services addresses from this pool (a CIDR or an a-b range; repeat, "
                         "or comma-separate, for more and for IPv6) instead of the nodes' own, as MetalLB does")

@@ -22,6 +22,7 @@ from .certificates import (
     CSRSigningController,
     TokenCleaner,
 )
+from .clusterroleaggregation import ClusterRoleAggregationController
 from .cronjob import CronJobController
 from .daemonset import DaemonSetController
 from .deployment import DeploymentController
@@ -67,6 +68,7 @@ class ControllerManager:
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources),
+                                              ClusterRoleAggregationController(client),
                                               ReplicaSetController(client), DeploymentController(client),
                                               DaemonSetController(client), StatefulSetController(client),
                                               JobController(client), CronJobController(client),

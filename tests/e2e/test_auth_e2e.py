@@ -1,4 +1,4 @@
-"""kubectl auth whoami and can-i, and impersonation (--as), as the server's authorizer (AlwaysAllow for now) answers them."""
+"""kubectl auth whoami and can-i, and impersonation (--as), as the server's authorizer answers them (the admin is in system:masters)."""
 
 from __future__ import annotations
 

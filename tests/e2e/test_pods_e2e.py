@@ -236,7 +236,12 @@ def hollow(tmp_path_factory):
     admin = yaml.safe_load(s.kubeconfig.read_text())
     join = (s.data_dir / "pki" / "join.token").read_text().strip()
     # The join string is K10<CA hash>::<id>.<secret>; the bootstrap token is the part after "::".
-    admin["users"] = [{"name": "node", "user": {"token": join.split("::")[-1]}}]
+    token = join.split("::")[-1]
+    admin["users"] = [{"name": "node", "user": {"token": token}}]
+    # A bootstrap token may only ask for a certificate; hollow nodes register as nodes with it
+    # (as kubemark's share one credential), so it gets the nodes' role.
+    s.kubectl("create", "clusterrolebinding", "hollow-nodes", "--clusterrole=system:node",
+              f"--user=system:bootstrap:{token.split('.')[0]}")
     admin["contexts"][0]["context"]["user"] = "node"
     node_kubeconfig = s.data_dir / "node-kubeconfig"
     node_kubeconfig.write_text(yaml.safe_dump(admin))

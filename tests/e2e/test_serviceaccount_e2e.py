@@ -32,6 +32,14 @@ def _as_token(server, token: str, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, env={**os.environ, "KUBECONFIG": "/dev/null"})
 
 
+def _bind_view(server, ns: str, sa: str) -> None:
+    """Let the account read its namespace (the aggregated view role, once its controller filled it)."""
+    server.kubectl("create", "rolebinding", f"{sa}-view", "--clusterrole=view", f"--serviceaccount={ns}:{sa}",
+                   "-n", ns)
+    wait_for(lambda: server.kubectl("auth", "can-i", "list", "pods", "-n", ns,
+                                    f"--as=system:serviceaccount:{ns}:{sa}", check=False).stdout.strip() == "yes")
+
+
 def test_create_token_authenticates(server) -> None:
     server.kubectl("create", "namespace", "sa-e2e")
     # The controllers give the new namespace its default account and root CA.
@@ -43,6 +51,11 @@ def test_create_token_authenticates(server) -> None:
     token = server.kubectl("create", "token", "default", "-n", "sa-e2e", "--duration", "20m").stdout.strip()
     c = _claims(token)
     assert c["sub"] == "system:serviceaccount:sa-e2e:default" and c["exp"] - c["iat"] == 1200
+    # Authenticated, but allowed nothing until a role is bound (RBAC).
+    p = _as_token(server, token, "get", "pods", "-n", "sa-e2e")
+    assert p.returncode != 0 and 'User "system:serviceaccount:sa-e2e:default" cannot list resource "pods"' in \
+        p.stderr, p.stderr
+    _bind_view(server, "sa-e2e", "default")
     p = _as_token(server, token, "get", "pods", "-n", "sa-e2e")
     assert p.returncode == 0, p.stderr
     who = _as_token(server, token, "auth", "whoami", "-o", "json")
@@ -73,6 +86,7 @@ def test_pod_sees_service_account_files(server) -> None:
     assert c["kubernetes.io"]["pod"]["uid"] == pod["metadata"]["uid"]
     ca = server.kubectl("exec", "reader", "-n", "sa-pod", "--", "cat", f"{SA_DIR}/ca.crt").stdout
     assert ca == (server.data_dir / "pki" / "ca.crt").read_text()
+    _bind_view(server, "sa-pod", "default")
     p = _as_token(server, token, "get", "pod", "reader", "-n", "sa-pod", "-o", "name")
     assert p.returncode == 0 and p.stdout.strip() == "pod/reader", p.stderr
     server.kubectl("delete", "pod", "reader", "-n", "sa-pod", "--grace-period", "0", "--force", check=False)
@@ -106,6 +120,7 @@ def test_long_lived_token_secret(server) -> None:
     who = _as_token(server, token, "auth", "whoami", "-o", "json")
     assert who.returncode == 0, who.stderr
     assert json.loads(who.stdout)["status"]["userInfo"]["username"] == "system:serviceaccount:sa-secret:build-robot"
+    _bind_view(server, "sa-secret", "build-robot")
     p = _as_token(server, token, "get", "pods", "-n", "sa-secret")
     assert p.returncode == 0, p.stderr
     # Deleting the account deletes its token Secret and revokes the token.
