@@ -35,6 +35,7 @@ from .watchcache import WatchCache
 
 if TYPE_CHECKING:
     from .escalation import EscalationCheck
+    from .noderestriction import NodeRestriction
     from .rest import Call
 
 __all__ = ["Admission", "Reservation", "kubernetes_service_ip"]
@@ -65,8 +66,10 @@ class Admission:
         # default service account (no controller manager), as upstream's would reject every pod.
         self.service_accounts = service_accounts
         self.services = ServiceAllocator(service_cidr, NODE_PORT_RANGE)
-        # RBAC's escalation checks (escalation.py), when the server authorizes with RBAC.
+        # RBAC's escalation checks (escalation.py) and NodeRestriction (noderestriction.py), when the
+        # server authorizes with RBAC and the Node authorizer.
         self.escalation: EscalationCheck | None = None
+        self.node_restriction: NodeRestriction | None = None
         self._service_addresses: dict[str, tuple[int, frozenset[str], frozenset[int]]] = {}
         self._lock = asyncio.Lock()
         # Allocated by writes in flight: not yet in the cache, and released
@@ -92,6 +95,8 @@ class Admission:
                 raise errors.forbidden_error(
                     f"{kind.plural}{'.' + kind.group if kind.group else ''} \"{meta.get('name', '')}\" is "
                     f"forbidden: unable to create new content in namespace {ns} because it is being terminated")
+        if self.node_restriction is not None:
+            self.node_restriction.admit(kind, obj, None, call, "CREATE")
         if self.escalation is not None:
             await self.escalation.admit(kind, obj, None, call)
         if kind.kind == "Service" and not kind.group:
@@ -105,6 +110,8 @@ class Admission:
         return None
 
     async def admit_update(self, kind: Kind, new: dict, old: dict, call: Call) -> Reservation | None:
+        if self.node_restriction is not None:
+            self.node_restriction.admit(kind, new, old, call, "UPDATE")
         if self.escalation is not None:
             await self.escalation.admit(kind, new, old, call)
         if kind.kind == "Service" and not kind.group:
@@ -126,6 +133,8 @@ class Admission:
         self._recent_ports -= res.ports
 
     async def admit_delete(self, kind: Kind, obj: dict, call: Call) -> None:
+        if self.node_restriction is not None:
+            self.node_restriction.admit(kind, obj, None, call, "DELETE")
         if kind.kind == "Namespace" and not kind.group:
             name = obj["metadata"]["name"]
             if name in IMMORTAL_NAMESPACES:

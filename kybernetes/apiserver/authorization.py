@@ -83,6 +83,40 @@ class Superusers:
         return self.inner.rules_for(user, groups, namespace)
 
 
+class Union:
+    """The first of several authorizers that allows a request decides it (upstream's union).
+
+    An authorizer that does not allow has no opinion; the request is refused
+    when none allows it, with the reasons they gave.
+    """
+
+    restricts_anonymous = True
+
+    def __init__(self, *authorizers: Authorizer) -> None:
+        self.authorizers = authorizers
+
+    def authorize(self, user: str, groups: tuple[str, ...], attributes: Obj, resource: bool) -> tuple[bool, str]:
+        reasons = []
+        for a in self.authorizers:
+            allowed, reason = a.authorize(user, groups, attributes, resource)
+            if allowed:
+                return True, reason
+            if reason:
+                reasons.append(reason)
+        return False, ", ".join(reasons)
+
+    def rules_for(self, user: str, groups: tuple[str, ...], namespace: str) -> tuple[list[Obj], list[Obj], bool]:
+        res: list[Obj] = []
+        non: list[Obj] = []
+        incomplete = False
+        for a in self.authorizers:
+            r, n, inc = a.rules_for(user, groups, namespace)
+            res += r
+            non += n
+            incomplete = incomplete or inc
+        return res, non, incomplete
+
+
 def group_entry() -> Obj:
     gv = {"groupVersion": API_VERSION, "version": VERSION}
     return {"name": GROUP, "versions": [gv], "preferredVersion": gv}

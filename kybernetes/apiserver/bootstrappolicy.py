@@ -132,7 +132,8 @@ ROLE_LABELS: dict[str, dict[str, str]] = {
 }
 
 
-def _node_rules() -> list[Obj]:
+def node_rules() -> list[Obj]:
+    """The rules of system:node, which the Node authorizer applies to every node (upstream's NodeRules)."""
     # Node authorizer and NodeRestriction narrow most of these to the node's own objects.
     return [
         rule("create", AUTHENTICATION, "tokenreviews"),
@@ -228,7 +229,7 @@ def _cluster_role_rules() -> dict[str, list[Obj]]:
             rule(READ, CORE, "events", "pods", "nodes", "namespaces"),
             rule(READ, EXTENSIONS, "deployments"),
         ],
-        "system:node": _node_rules(),
+        "system:node": node_rules(),
         "system:node-problem-detector": [
             rule("get", CORE, "nodes"),
             rule("patch", CORE, "nodes/status"),
@@ -641,9 +642,11 @@ DISTRIBUTION_VALUE = "kybernetes-defaults"
 def _distribution_cluster_roles() -> dict[str, list[Obj]]:
     return {
         DISTRIBUTION_PREFIX + "node-agent": [
-            rule(READ, CORE, "namespaces", "pods", "services", "endpoints", "nodes", "secrets"),
+            # (Secrets: the Node authorizer allows the TLS ones every node's ingress serves.)
+            rule(READ, CORE, "namespaces", "pods", "services", "endpoints", "nodes"),
             rule(READ, DISCOVERY, "endpointslices"),
             rule(READ, NETWORKING, "networkpolicies", "ingresses", "ingressclasses"),
+            rule("create", NETWORKING, "ingressclasses"),  # the default class, if no server made it yet
             rule(("update", "patch"), NETWORKING, "ingresses/status"),
             rule(("get", "list", "watch", "create", "update", "patch", "delete"), COORDINATION, "leases"),
             events_rule(),
@@ -666,9 +669,6 @@ def _distribution_cluster_role_bindings() -> list[tuple[str, str, list[Obj]]]:
          "system:certificates.k8s.io:certificatesigningrequests:nodeclient", [bootstrappers()]),
         (DISTRIBUTION_PREFIX + "node-autoapprove-certificate-rotation",
          "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", [nodes()]),
-        # Nodes hold system:node's rules outright: there is no Node authorizer yet to
-        # narrow them to each node's own pods, as upstream does.
-        (DISTRIBUTION_PREFIX + "nodes", "system:node", [nodes()]),
         (DISTRIBUTION_PREFIX + "node-proxier", "system:node-proxier", [nodes()]),
         (DISTRIBUTION_PREFIX + "node-agent", DISTRIBUTION_PREFIX + "node-agent", [nodes()]),
     ]
@@ -684,6 +684,12 @@ def _distribution_objects() -> list[Obj]:
     objs.append(_role("Role", reader, [rule("get", CORE, "configmaps", names=["cluster-info"])], "kube-public",
                       labels=labels))
     objs.append(_binding("RoleBinding", reader, "Role", reader, [user("system:anonymous")], "kube-public",
+                         labels=labels))
+    # What an agent reads of the cluster's settings (the pod and service networks) when it joins.
+    settings = DISTRIBUTION_PREFIX + "cluster-config-reader"
+    objs.append(_role("Role", settings, [rule("get", CORE, "configmaps", names=["kybernetes-config"])],
+                      "kube-public", labels=labels))
+    objs.append(_binding("RoleBinding", settings, "Role", settings, [group("system:nodes")], "kube-public",
                          labels=labels))
     return objs
 

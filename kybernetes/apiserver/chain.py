@@ -104,8 +104,11 @@ def attributes(info: requestinfo.RequestInfo) -> dict[str, str]:
     nonResourceAttributes)."""
     if not info.is_resource:
         return {"verb": info.verb, "path": info.path}
-    return {"verb": info.verb, "group": info.group, "version": info.version, "resource": info.resource,
-            "subresource": info.subresource, "namespace": info.namespace, "name": info.name}
+    attrs = {"verb": info.verb, "group": info.group, "version": info.version, "resource": info.resource,
+             "subresource": info.subresource, "namespace": info.namespace, "name": info.name}
+    if info.field_selector:
+        attrs["fieldSelector"] = info.field_selector
+    return attrs
 
 
 def forbidden(user: str, info: requestinfo.RequestInfo, reason: str) -> errors.StatusError:

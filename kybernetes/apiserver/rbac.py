@@ -331,6 +331,23 @@ def _attr(attributes: Obj, key: str) -> str:
     return v if isinstance(v, str) else ""
 
 
+def compile_rules(rules: list[Obj]) -> tuple[_Rule, ...]:
+    """Policy rules compiled for ``rules_allow`` (malformed rules are dropped)."""
+    return _compile_rules({"rules": rules})
+
+
+def rules_allow(rules: tuple[_Rule, ...], attributes: Obj, resource: bool) -> bool:
+    """Whether any of the compiled rules allows the request (upstream's RulesAllow)."""
+    verb = _attr(attributes, "verb")
+    if not resource:
+        path = _attr(attributes, "path")
+        return any(r.allows_url(verb, path) for r in rules)
+    sub = _attr(attributes, "subresource")
+    combined = _attr(attributes, "resource") + ("/" + sub if sub else "")
+    group, name = _attr(attributes, "group"), _attr(attributes, "name")
+    return any(r.allows_resource(verb, group, combined, sub, name) for r in rules)
+
+
 class RBACAuthorizer:
     """Authorization from Roles, ClusterRoles, RoleBindings and ClusterRoleBindings in the watch cache."""
 

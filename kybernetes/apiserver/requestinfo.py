@@ -55,6 +55,8 @@ class RequestInfo:
     name: str = ""
     # The path's parts from the resource on: (resource, name, subresource, ...).
     parts: tuple[str, ...] = ()
+    # A list's or watch's field selector, as sent: authorizers may allow a list limited by it.
+    field_selector: str = ""
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -173,5 +175,7 @@ def parse(method: str, raw_path: str, query: Mapping[str, str]) -> RequestInfo:
         name = _selected_name(query)
     if verb == "delete" and not name:
         verb = "deletecollection"
+    selector = query.get("fieldSelector") or "" if verb in ("list", "watch", "deletecollection") else ""
     return RequestInfo(verb=verb, path=path, is_resource=True, api_prefix=prefix, group=group, version=version,
-                       namespace=namespace, resource=resource, subresource=subresource, name=name, parts=parts)
+                       namespace=namespace, resource=resource, subresource=subresource, name=name, parts=parts,
+                       field_selector=selector)

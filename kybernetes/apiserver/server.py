@@ -36,6 +36,8 @@ from . import serviceaccounts as sa_api
 from .bootstrappolicy import reconcile_bootstrap_policy
 from .endpoints import KubernetesEndpoints
 from .escalation import EscalationCheck
+from .nodeauthorizer import NodeAuthorizer
+from .noderestriction import NodeRestriction
 from .rbac import RBACAuthorizer
 from .metrics import Metrics
 from . import metrics as metrics_api
@@ -92,10 +94,14 @@ class APIServer:
         self.authorization_mode = authorization_mode
         self.rbac: RBACAuthorizer | None = None
         self.authorizer: authz_api.Authorizer
+        self.node_authorizer: NodeAuthorizer | None = None
         if authorization_mode == "RBAC":
+            # As upstream's --authorization-mode=Node,RBAC: nodes first, then Roles and bindings.
             self.rbac = RBACAuthorizer(self.cache, self.registry)
-            self.authorizer = authz_api.Superusers(self.rbac)
+            self.node_authorizer = NodeAuthorizer(self.cache)
+            self.authorizer = authz_api.Superusers(authz_api.Union(self.node_authorizer, self.rbac))
             self.admission.escalation = EscalationCheck(self.rbac, self.authorizer, self.cache)
+            self.admission.node_restriction = NodeRestriction()
         elif authorization_mode == "AlwaysAllow":
             self.authorizer = authz_api.AlwaysAllow()
         else:
@@ -481,7 +487,11 @@ class APIServer:
             code, raw = await eviction.evict(self.rest, kind, ns or "", name, decode_body(req.body, ct), call)
             return Response(code, raw, JSON)
         if sub == "token" and m == "POST":
-            code, raw = await self.service_accounts.token_request(ns or "", name, decode_body(req.body, ct))
+            body = decode_body(req.body, ct)
+            if self.admission.node_restriction is not None and self.node_authorizer is not None:
+                self.admission.node_restriction.admit_token_request(call, ns or "", body,
+                                                                    self.node_authorizer.pods_on)
+            code, raw = await self.service_accounts.token_request(ns or "", name, body)
             return Response(code, raw, JSON)
         if sub == "finalize" and m == "PUT":
             code, raw = await self.rest.finalize_namespace(kind, name, decode_body(req.body, ct))

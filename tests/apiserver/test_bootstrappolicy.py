@@ -275,13 +275,12 @@ async def test_component_identities(az):
                                                name="d"), True)[0]
     assert not az.authorize(deploy, sa_groups, res("delete", "nodes", name="n1"), True)[0]
     assert az.authorize(deploy, sa_groups, url("get", "/.well-known/openid-configuration"), False)[0]
-    # Upstream's system:node binding names nobody (the Node authorizer's); kybernetes binds the role
-    # to every node, and what a node's proxy, NetworkPolicy agent and ingress controller read.
+    # Upstream's system:node binding names nobody (the Node authorizer applies its rules); RBAC gives
+    # nodes only what their proxy, NetworkPolicy agent and ingress controller read.
     node = ("system:node:n1", ("system:nodes", "system:authenticated"))
     assert objects_of("ClusterRoleBinding")["system:node"]["subjects"] == []
-    assert az.authorize(*node, res("update", "nodes", sub="status", name="n1"), True)[0]
-    assert az.authorize(*node, res("create", "serviceaccounts", "a", sub="token", name="s"),
-                        True)[0]
+    assert not az.authorize(*node, res("update", "nodes", sub="status", name="n1"), True)[0]
+    assert not az.authorize(*node, res("get", "secrets", "a", name="s"), True)[0]
     assert az.authorize(*node, res("watch", "ingresses", group="networking.k8s.io"), True)[0]
     assert az.authorize(*node, res("update", "ingresses", "a", group="networking.k8s.io", sub="status",
                                    name="i"), True)[0]
