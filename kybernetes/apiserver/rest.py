@@ -651,6 +651,12 @@ class REST:
             if done:
                 return out
 
+    async def _stale(self, key: str) -> bool:
+        """Is the stored value encrypted with other than the current key? Then even a no-op update is
+        written, as upstream does, so that `kubectl replace` of unchanged Secrets re-encrypts them."""
+        stale = getattr(self.store, "stale", None)
+        return bool(stale is not None and await stale(key))
+
     async def _write_update(self, kind: Kind, ns: str | None, name: str, new: dict, cur: dict, cur_rev: int,
                             call: Call, retry: bool) -> tuple[bool, int | None, tuple[int, bytes]]:
         """One attempt at writing an update: (done, revision written, response); not done means retry."""
@@ -661,7 +667,7 @@ class REST:
         new_cmp["metadata"] = {k: v for k, v in new_meta.items() if k != "resourceVersion"}
         if call.dry_run:
             return True, None, (200, self._to_served(kind, orjson.dumps(new)))
-        if encode(new_cmp) == encode(cur_cmp):
+        if encode(new_cmp) == encode(cur_cmp) and not await self._stale(kind.key(ns, name)):
             # No-op writes are not written, as upstream: resourceVersion stays.
             return True, None, (200, self._to_served(kind, orjson.dumps(cur)))
         if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and \

@@ -65,6 +65,17 @@ async def run_server(args: argparse.Namespace) -> int:
     # The API server's watch cache is the store's only watcher and never lags far,
     # so a small in-memory event window is enough; older history stays on disk.
     store = open_store(args.store or str(data / "state.db"), ring_size=1000)
+    # Secrets encrypted at rest: with the given EncryptionConfiguration, or one whose key is made
+    # on the first start (kept beside the store, readable by root only).
+    from ..storage.encryption import EncryptedStore, EncryptionConfigError, generate_config, load_config
+    enc_path = Path(args.encryption_provider_config) if args.encryption_provider_config else \
+        data / "encryption-config.yaml"
+    if not args.encryption_provider_config and not enc_path.exists():
+        generate_config(enc_path)
+    try:
+        store = EncryptedStore(store, load_config(enc_path))
+    except (EncryptionConfigError, OSError) as e:
+        raise SystemExit(f"kyb server: --encryption-provider-config: {e}") from None
     host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     advertise = f"{host_for_url}:{args.port}"
     api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise,
@@ -639,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--disable", default="",
                    help="comma-separated components not to run in this process: controllers, scheduler, "
                         "kubelet, servicelb (LoadBalancer addresses), ingress (the embedded node's)")
+    s.add_argument("--encryption-provider-config", default="",
+                   help="an EncryptionConfiguration file (upstream's format: aescbc, aesgcm, secretbox, identity) "
+                        "saying how resources are encrypted at rest; default: Secrets with aescbc and a key "
+                        "made on the first start, in <data-dir>/encryption-config.yaml")
     s.add_argument("--authorization-mode", default="RBAC", choices=["RBAC", "AlwaysAllow"],
                    help="RBAC (the default): Roles and bindings say who may do what, system:masters may do "
                         "anything; AlwaysAllow: every authenticated client may do everything")
