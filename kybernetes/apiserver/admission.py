@@ -1,5 +1,11 @@
 """Built-in admission: what the server decides about an object beyond its own validity.
 
+The steps run in upstream's order: mutating ones before validation (LimitRanger
+fills in default requests and limits: ``mutate_create``), then, for creates and
+updates, NodeRestriction, the RBAC escalation checks, the allocators and
+defaults below, PodSecurity (podsecurity.py) and last ResourceQuota (quota.py),
+which charges the quota only once everything else said yes.
+
 NamespaceLifecycle (content needs an existing, non-terminating namespace;
 the boot namespaces cannot be deleted), the Service allocators (cluster IPs
 from the service CIDRs, one per IP family, and node ports from 30000-32767:
@@ -35,7 +41,10 @@ from .watchcache import WatchCache
 
 if TYPE_CHECKING:
     from .escalation import EscalationCheck
+    from .limitranger import LimitRanger
     from .noderestriction import NodeRestriction
+    from .podsecurity import PodSecurity
+    from .quota import QuotaAdmission
     from .rest import Call
 
 __all__ = ["Admission", "Reservation", "kubernetes_service_ip"]
@@ -70,6 +79,11 @@ class Admission:
         # server authorizes with RBAC and the Node authorizer.
         self.escalation: EscalationCheck | None = None
         self.node_restriction: NodeRestriction | None = None
+        # Pod Security, LimitRanger and ResourceQuota: set by the API server, which owns the writes
+        # quota charging makes.
+        self.pod_security: PodSecurity | None = None
+        self.limit_ranger: LimitRanger | None = None
+        self.quota: QuotaAdmission | None = None
         self._service_addresses: dict[str, tuple[int, frozenset[str], frozenset[int]]] = {}
         self._lock = asyncio.Lock()
         # Allocated by writes in flight: not yet in the cache, and released
@@ -81,8 +95,34 @@ class Admission:
         e = self.cache.cache("/registry/namespaces/").objects.get("/registry/namespaces/" + name)
         return orjson.loads(e.raw) if e else None
 
+    async def mutate_create(self, kind: Kind, obj: dict, call: Call) -> None:
+        """The mutating steps that must run before the object is validated."""
+        if self.limit_ranger is not None and kind.namespaced:
+            await self.limit_ranger.admit(kind, obj, None, call)
+
+    def _pods_in(self, ns: str):
+        for e in self.cache.cache("/registry/pods/").entries(ns):
+            yield orjson.loads(e.raw)
+
+    async def _validating(self, kind: Kind, obj: dict, old: dict | None, nsobj: dict | None, call: Call,
+                          subresource: str) -> None:
+        """PodSecurity, then ResourceQuota: the last word on a create or update."""
+        psa = self.pod_security
+        if psa is not None:
+            core = not kind.group
+            if core and kind.kind == "Pod":
+                await psa.admit_pod(nsobj, obj, old, call.user, call.groups, call.warnings, subresource=subresource)
+            elif core and kind.kind == "Namespace":
+                psa.check_namespace(obj, old, self._pods_in(obj["metadata"].get("name") or ""), call.warnings,
+                                    subresource=subresource)
+            elif kind.namespaced and nsobj is not None:
+                psa.check_workload(nsobj, kind.kind, obj, call.warnings, user=call.user, subresource=subresource)
+        if self.quota is not None and kind.namespaced:
+            await self.quota.admit(kind, obj, old, call, subresource)
+
     async def admit_create(self, kind: Kind, obj: dict, call: Call) -> Reservation | None:
         meta = obj["metadata"]
+        nsobj = None
         if kind.namespaced:
             ns = meta.get("namespace") or ""
             nsobj = self._namespace(ns)
@@ -99,24 +139,40 @@ class Admission:
             self.node_restriction.admit(kind, obj, None, call, "CREATE")
         if self.escalation is not None:
             await self.escalation.admit(kind, obj, None, call)
+        reservation = None
         if kind.kind == "Service" and not kind.group:
-            return await self._allocate_service(obj, None)
+            reservation = await self._allocate_service(obj, None)
         if kind.kind == "PersistentVolumeClaim" and not kind.group:
             self._default_storage_class(obj)
         if kind.kind == "Ingress" and kind.group == "networking.k8s.io":
             self._default_ingress_class(obj)
         if kind.kind == "Pod" and not kind.group and self.service_accounts:
             await self._admit_pod_service_account(obj)
-        return None
+        try:
+            await self._validating(kind, obj, None, nsobj, call, "")
+        except BaseException:
+            await self.release(reservation, None)
+            raise
+        return reservation
 
-    async def admit_update(self, kind: Kind, new: dict, old: dict, call: Call) -> Reservation | None:
+    async def admit_update(self, kind: Kind, new: dict, old: dict, call: Call,
+                           subresource: str = "") -> Reservation | None:
         if self.node_restriction is not None:
             self.node_restriction.admit(kind, new, old, call, "UPDATE")
         if self.escalation is not None:
             await self.escalation.admit(kind, new, old, call)
+        if self.limit_ranger is not None and kind.namespaced:
+            await self.limit_ranger.admit(kind, new, old, call, subresource)
+        reservation = None
         if kind.kind == "Service" and not kind.group:
-            return await self._allocate_service(new, old)
-        return None
+            reservation = await self._allocate_service(new, old)
+        try:
+            nsobj = self._namespace(new["metadata"].get("namespace") or "") if kind.namespaced else None
+            await self._validating(kind, new, old, nsobj, call, subresource)
+        except BaseException:
+            await self.release(reservation, None)
+            raise
+        return reservation
 
     async def release(self, res: Reservation | None, written_rev: int | None) -> None:
         """End a write's reservation: at once if nothing was written, else once the cache has the object.

@@ -299,6 +299,7 @@ class REST:
         _normalize(kind, obj)
         _on_create(kind, obj)
         validation.apply_defaults(kind.kind, kind.group, obj)
+        await self.admission.mutate_create(kind, obj, call)
         if track:
             self._track(kind, None, obj, call.manager)
         self._validate(kind, obj, None)
@@ -642,7 +643,7 @@ class REST:
                 # update may never change (spec.nodeName), as upstream's
                 # BindingREST, which does not run pod update validation.
                 self._validate(kind, new, cur)
-            reservation = await self.admission.admit_update(kind, new, cur, call)
+            reservation = await self.admission.admit_update(kind, new, cur, call, subresource)
             written = None
             try:
                 done, written, out = await self._write_update(kind, ns, name, new, cur, cur_rev, call, retry)

@@ -36,7 +36,10 @@ from . import serviceaccounts as sa_api
 from .bootstrappolicy import reconcile_bootstrap_policy
 from .endpoints import KubernetesEndpoints
 from .escalation import EscalationCheck
+from .limitranger import LimitRanger
 from .nodeauthorizer import NodeAuthorizer
+from .podsecurity import PodSecurity
+from .quota import QuotaAdmission
 from .noderestriction import NodeRestriction
 from .rbac import RBACAuthorizer
 from .metrics import Metrics
@@ -106,6 +109,11 @@ class APIServer:
             self.authorizer = authz_api.AlwaysAllow()
         else:
             raise ValueError(f"unknown authorization mode {authorization_mode!r} (RBAC or AlwaysAllow)")
+        # Always on, as upstream's defaults: they change nothing until a namespace label, a
+        # LimitRange or a ResourceQuota asks for it.
+        self.admission.pod_security = PodSecurity()
+        self.admission.limit_ranger = LimitRanger(self.cache)
+        self.admission.quota = QuotaAdmission(self.cache, self._write_quota_status)
         self.schema = get_schema()
         self._discovery: dict[str, bytes] = {}
         self._openapi: dict[str, bytes] = {}
@@ -120,6 +128,13 @@ class APIServer:
         # Every request's way through the server, in order (see chain.py).
         self.chain = chain.build([chain.with_request_info, chain.Authenticate(self, self.authenticator),
                                   chain.Impersonate(self), chain.Authorize(self), chain.read_body], self._route)
+
+    async def _write_quota_status(self, quota: dict) -> dict:
+        """ResourceQuota admission's charge: the quota's status, guarded by its resourceVersion."""
+        meta = quota["metadata"]
+        kind = self.registry.by_resource("", "v1", "resourcequotas")
+        _, raw = await self.rest.update(kind, meta["namespace"], meta["name"], quota, Call(), subresource="status")
+        return orjson.loads(raw)
 
     def _fields_for(self, prefix: str):
         for k in self.registry.kinds:

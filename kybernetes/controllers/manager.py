@@ -37,6 +37,7 @@ from .nodeipam import NodeIPAMController
 from .nodelifecycle import NodeLifecycleController
 from .persistentvolume import PersistentVolumeController
 from .replicaset import ReplicaSetController
+from .resourcequota import ResourceQuotaController
 from .serviceaccount import RootCACertPublisher, ServiceAccountController, TokensController
 from .servicelb import ServiceLBController
 from .statefulset import StatefulSetController
@@ -69,6 +70,7 @@ class ControllerManager:
         self.controllers: list[Controller] = [NamespaceController(client, namespaced),
                                               GarbageCollector(client, resources),
                                               ClusterRoleAggregationController(client),
+                                              ResourceQuotaController(client, resources),
                                               ReplicaSetController(client), DeploymentController(client),
                                               DaemonSetController(client), StatefulSetController(client),
                                               JobController(client), CronJobController(client),
