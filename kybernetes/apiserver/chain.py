@@ -1,6 +1,8 @@
 """The request chain: the filters every API request passes before its handler.
 
-    request info -> authenticate -> impersonate -> authorize -> read body -> handler
+    request info -> authenticate -> audit -> impersonate -> authorize -> read body -> handler
+
+(audit, audit.py, only when a policy asks for it; it also records failed authentications.)
 
 ``APIServer`` builds the chain in one place (``APIServer.chain``); the HTTPS
 front door and the in-process transport both enter it, so a component inside
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..api import errors
-from . import authentication, requestinfo
+from . import audit, authentication, requestinfo
 from .request import Handler, Request, Response
 
 if TYPE_CHECKING:
@@ -142,6 +144,7 @@ class Authorize:
         info = req.info
         assert info is not None, "the request info filter runs first"
         allowed, reason = self.api.authorizer.authorize(req.user, req.groups, attributes(info), info.is_resource)
+        audit.record_authorization(allowed, reason)
         if not allowed:
             raise forbidden(req.user, info, reason)
         return await rest(req)

@@ -74,7 +74,8 @@ def make_app(api: APIServer, tokens: TokenAuth) -> web.Application:
                     raise errors.StatusError(413, "RequestEntityTooLarge",
                                              f"Request entity too large: limit is {_MAX_BODY}") from None
         req = Request(request.method, request.rel_url.raw_path, dict(request.query), request.headers, b"",
-                      read_body=read_body, user="", groups=(), peer=peer_identity(request), upgrade=upgrade)
+                      read_body=read_body, user="", groups=(), peer=peer_identity(request),
+                      remote=request.remote or "", upgrade=upgrade)
         resp = await api.handle(req)
         if resp.native is not None:
             return resp.native

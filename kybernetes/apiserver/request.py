@@ -30,8 +30,9 @@ class Request:
     # Who is asking; "" until the chain's authentication step sets it from the credentials.
     user: str = "system:admin"
     groups: tuple[str, ...] = ("system:masters", "system:authenticated")
-    # The TLS client certificate's (CN, O's), set by the front door.
+    # The TLS client certificate's (CN, O's), and the client's address, set by the front door.
     peer: tuple[str, tuple[str, ...]] | None = None
+    remote: str = ""
     # What the request asks for, parsed once by the chain's first step.
     info: RequestInfo | None = None
     # For an HTTP connection upgrade (exec, attach, port-forward): serves it, given the

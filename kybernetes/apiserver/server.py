@@ -45,6 +45,7 @@ from .rbac import RBACAuthorizer
 from .metrics import Metrics
 from . import metrics as metrics_api
 from .admission import Admission
+from .audit import Audit
 from .ipalloc import DEFAULT_SERVICE_CIDR, kubernetes_service_ip, parse_cidrs
 from .request import Request, Response
 from .requestinfo import RequestInfo, not_found
@@ -70,7 +71,8 @@ class APIServer:
                  service_cidr: str | Sequence[str] = DEFAULT_SERVICE_CIDR,
                  advertise: str = "127.0.0.1:6443", watch_cache_window: int = 10000,
                  bookmark_interval: float = 30.0, service_account_key: bytes | None = None,
-                 service_account_admission: bool = False, authorization_mode: str = "AlwaysAllow"):
+                 service_account_admission: bool = False, authorization_mode: str = "AlwaysAllow",
+                 audit: Audit | None = None):
         """service_cidr: the Service address range, one CIDR or a dual-stack IPv4,IPv6 pair ("a,b" or a
         list, the primary family first); ValueError if malformed;
         watch_cache_window: events kept per resource for watches to resume from;
@@ -80,7 +82,8 @@ class APIServer:
         (needs a controller manager that gives every namespace its default service account);
         authorization_mode: "RBAC" (system:masters may do anything, everyone else what Roles and
         bindings grant) or "AlwaysAllow" (every authenticated request; anonymous ones only reach the
-        public paths); ValueError for anything else."""
+        public paths); ValueError for anything else;
+        audit: records requests as its policy says (audit.py); stopped by the caller."""
         self.store = store
         self.registry = registry or builtin_registry()
         # The parsed ranges, primary first; service_cidr is their canonical "a,b" spelling.
@@ -125,9 +128,16 @@ class APIServer:
         self.metrics = Metrics(self)
         self.start_time = time.time()
         self.authenticator = authentication.Authenticator(self)
+        self.audit = audit
         # Every request's way through the server, in order (see chain.py).
-        self.chain = chain.build([chain.with_request_info, chain.Authenticate(self, self.authenticator),
-                                  chain.Impersonate(self), chain.Authorize(self), chain.read_body], self._route)
+        filters: list[chain.Filter] = [chain.with_request_info]
+        if audit is not None:
+            filters.append(audit.failed_authentication)
+        filters.append(chain.Authenticate(self, self.authenticator))
+        if audit is not None:
+            filters.append(audit)
+        filters += [chain.Impersonate(self), chain.Authorize(self), chain.read_body]
+        self.chain = chain.build(filters, self._route)
 
     async def _write_quota_status(self, quota: dict) -> dict:
         """ResourceQuota admission's charge: the quota's status, guarded by its resourceVersion."""

@@ -76,11 +76,16 @@ async def run_server(args: argparse.Namespace) -> int:
         store = EncryptedStore(store, load_config(enc_path))
     except (EncryptionConfigError, OSError) as e:
         raise SystemExit(f"kyb server: --encryption-provider-config: {e}") from None
+    from ..apiserver import audit
+    try:
+        auditor = audit.options_from_args(args).build()
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"kyb server: audit: {e}") from None
     host_for_url = "127.0.0.1" if args.bind in ("0.0.0.0", "::") else args.bind
     advertise = f"{host_for_url}:{args.port}"
     api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise,
                     service_account_key=pki.sa_key.read_bytes(), service_account_admission=True,
-                    authorization_mode=args.authorization_mode)
+                    authorization_mode=args.authorization_mode, audit=auditor)
     from ..apiserver.proxy import KubeletClient
     api.kubelet_client = KubeletClient.from_pki(pki)
     await api.start()
@@ -148,6 +153,8 @@ async def run_server(args: argparse.Namespace) -> int:
         await manager.stop()
     await api.stop()
     await runner.cleanup()
+    if auditor is not None:
+        await auditor.stop()
     await store.close()
     log.info("stopped")
     return 0
@@ -654,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an EncryptionConfiguration file (upstream's format: aescbc, aesgcm, secretbox, identity) "
                         "saying how resources are encrypted at rest; default: Secrets with aescbc and a key "
                         "made on the first start, in <data-dir>/encryption-config.yaml")
+    from ..apiserver import audit
+    audit.add_flags(s)
     s.add_argument("--authorization-mode", default="RBAC", choices=["RBAC", "AlwaysAllow"],
                    help="RBAC (the default): Roles and bindings say who may do what, system:masters may do "
                         "anything; AlwaysAllow: every authenticated client may do everything")

@@ -92,3 +92,52 @@ def test_limit_range(server: Server):
     p = server.kubectl("apply", "-f", "-", input=pending_pod("big", "lr", resources={"limits": {"cpu": "2"}}),
                        check=False)
     assert p.returncode != 0 and "maximum cpu usage per Container is 1" in p.stderr, p.stderr
+
+
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: None
+  resources: [{group: coordination.k8s.io, resources: [leases]}]
+- level: RequestResponse
+  resources: [{group: "", resources: [configmaps]}]
+- level: Metadata
+"""
+
+
+def test_audit_log(tmp_path):
+    from .conftest import free_port
+    policy = tmp_path / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    log = tmp_path / "audit.log"
+    s = Server(tmp_path / "kyb", free_port(),
+               ["--audit-policy-file", str(policy), "--audit-log-path", str(log)])
+    s.data_dir.mkdir()
+    s.start()
+    try:
+        s.kubectl("create", "configmap", "audited", "--from-literal=k=v")
+        s.kubectl("get", "pods", "--as=mallory", check=False)
+
+        def events():
+            return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        wait_for(lambda: any(e.get("objectRef", {}).get("name") == "audited" for e in events()), timeout=10)
+        created = next(e for e in events() if e.get("objectRef", {}).get("name") == "audited"
+                       and e["verb"] == "create")
+        assert created["kind"] == "Event" and created["apiVersion"] == "audit.k8s.io/v1"
+        assert created["level"] == "RequestResponse" and created["stage"] == "ResponseComplete"
+        assert created["user"]["username"] == "kubernetes-admin" and created["responseStatus"]["code"] == 201
+        assert created["requestObject"]["data"] == {"k": "v"} and created["responseObject"]["metadata"]["uid"]
+        assert created["annotations"]["authorization.k8s.io/decision"] == "allow"
+        def mallorys_list():
+            return next((e for e in events() if e.get("impersonatedUser", {}).get("username") == "mallory"
+                         and e.get("objectRef", {}).get("resource") == "pods"), None)
+        denied = wait_for(mallorys_list, timeout=10)
+        assert denied["level"] == "Metadata" and "requestObject" not in denied
+        assert denied["responseStatus"]["code"] == 403
+        assert denied["annotations"]["authorization.k8s.io/decision"] == "forbid"
+        assert not any(e.get("objectRef", {}).get("resource") == "leases" for e in events())
+        assert all(e["stage"] != "RequestReceived" for e in events())
+    finally:
+        s.stop()
