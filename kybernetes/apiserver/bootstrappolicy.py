@@ -641,6 +641,7 @@ DISTRIBUTION_VALUE = "kybernetes-defaults"
 
 def _distribution_cluster_roles() -> dict[str, list[Obj]]:
     return {
+        DISTRIBUTION_PREFIX + "kube-scheduler": [rule(READ, "scheduling.k8s.io", "priorityclasses")],
         DISTRIBUTION_PREFIX + "node-agent": [
             # (Secrets: the Node authorizer allows the TLS ones every node's ingress serves.)
             rule(READ, CORE, "namespaces", "pods", "services", "endpoints", "nodes"),
@@ -654,6 +655,43 @@ def _distribution_cluster_roles() -> dict[str, list[Obj]]:
     }
 
 
+# kybernetes' own controllers, each as its kube-system service account (see controllers/manager.py).
+def _distribution_controller_rules() -> dict[str, list[Obj]]:
+    return {
+        # Fills the tokens of kubernetes.io/service-account-token Secrets (upstream's runs with the
+        # controller manager's own credentials).
+        "tokens-controller": [
+            rule(READ, CORE, "serviceaccounts"),
+            rule(("get", "list", "watch", "create", "update", "patch", "delete"), CORE, "secrets"),
+            events_rule(),
+        ],
+        # The cluster DNS (upstream's system:kube-dns reads only Services and Endpoints; this one
+        # answers from EndpointSlices and for pods by address, as CoreDNS's kubeadm role allows).
+        "kube-dns": [
+            rule(READ, CORE, "services", "endpoints", "namespaces", "pods"),
+            rule(READ, DISCOVERY, "endpointslices"),
+        ],
+        # The local-path provisioner's default StorageClass, made when it starts (as k3s ships it),
+        # and the nodes whose directories hold its volumes.
+        "persistent-volume-binder": [
+            rule(("get", "create"), STORAGE, "storageclasses"),
+            rule(READ, CORE, "nodes"),
+        ],
+        # These controllers write their status as a merge patch; upstream's roles grant only update.
+        "daemon-set-controller": [rule("patch", APPS, "daemonsets/status")],
+        "statefulset-controller": [rule("patch", APPS, "statefulsets/status")],
+        "horizontal-pod-autoscaler": [rule("patch", AUTOSCALING, "horizontalpodautoscalers/status")],
+        # Addresses for LoadBalancer Services, as k3s's servicelb.
+        "servicelb-controller": [
+            rule(READ, CORE, "services", "nodes"),
+            rule(("update", "patch"), CORE, "services/status"),
+            rule(READ, DISCOVERY, "endpointslices"),
+            rule(READ, COORDINATION, "leases"),
+            events_rule(),
+        ],
+    }
+
+
 def _distribution_cluster_role_bindings() -> list[tuple[str, str, list[Obj]]]:
     """(binding name, ClusterRole, subjects)."""
     def nodes() -> Obj:
@@ -662,6 +700,9 @@ def _distribution_cluster_role_bindings() -> list[tuple[str, str, list[Obj]]]:
     def bootstrappers() -> Obj:
         return group("system:bootstrappers")
     return [
+        # The scheduler also reads PriorityClasses (for preemption by a class's policy).
+        (DISTRIBUTION_PREFIX + "kube-scheduler", DISTRIBUTION_PREFIX + "kube-scheduler",
+         [user("system:kube-scheduler")]),
         # A bootstrap token may ask for a node's client certificate, which is approved
         # at once; a node may ask to renew its own.
         (DISTRIBUTION_PREFIX + "node-bootstrapper", "system:node-bootstrapper", [bootstrappers()]),
@@ -679,6 +720,11 @@ def _distribution_objects() -> list[Obj]:
     objs = [_role("ClusterRole", name, rules, labels=labels) for name, rules in _distribution_cluster_roles().items()]
     objs += [_binding("ClusterRoleBinding", name, "ClusterRole", role, subjects, labels=labels)
              for name, role, subjects in _distribution_cluster_role_bindings()]
+    for account, rules in _distribution_controller_rules().items():
+        name = DISTRIBUTION_PREFIX + "controller:" + account
+        objs.append(_role("ClusterRole", name, rules, labels=labels))
+        objs.append(_binding("ClusterRoleBinding", name, "ClusterRole", name,
+                             [service_account("kube-system", account)], labels=labels))
     # What a joining node reads before it trusts anything: the CA it checks against its join pin.
     reader = DISTRIBUTION_PREFIX + "cluster-info-reader"
     objs.append(_role("Role", reader, [rule("get", CORE, "configmaps", names=["cluster-info"])], "kube-public",

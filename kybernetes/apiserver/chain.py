@@ -126,9 +126,8 @@ def forbidden(user: str, info: requestinfo.RequestInfo, reason: str) -> errors.S
         scope = f'in the namespace "{info.namespace}"' if info.namespace else "at the cluster scope"
         msg = (f'{subject} is forbidden: User "{user}" cannot {info.verb} resource "{resource}" '
                f'in API group "{info.group}" {scope}')
-        details = {"group": info.group, "kind": info.resource}
-        if info.name:
-            details = {"name": info.name, **details}
+        # Empty fields are left out, as Go's omitempty leaves them.
+        details = {k: v for k, v in (("name", info.name), ("group", info.group), ("kind", info.resource)) if v}
     if reason:
         msg += ": " + reason
     return errors.StatusError(403, "Forbidden", msg, details or None)

@@ -125,15 +125,21 @@ async def run_server(args: argparse.Namespace) -> int:
     if "scheduler" not in disabled:
         from ..client import Client
         from ..scheduler import Scheduler, SchedulerConfig
-        scheduler = Scheduler(Client.in_process(api.handle), SchedulerConfig())
+        # Each component as its own identity, with its bootstrap role's rights (least privilege).
+        scheduler = Scheduler(Client.in_process(api.handle, user="system:kube-scheduler",
+                                                groups=("system:authenticated",)), SchedulerConfig())
         await scheduler.start()
     node = None
     if "kubelet" not in disabled:
         # The embedded node, as k3s runs one: a kubelet on the node's container runtime.
         from ..client import Client
-        node = await start_node(Client.in_process(api.handle), data, args, embedded_serving_context(pki, data, args),
-                                cluster)
-        await start_cluster_dns(node, cluster, log)
+        # As a joined node: system:node:<name>, held to its own pods by the Node authorizer.
+        node_client = Client.in_process(api.handle, user="system:node:" + node_name(args),
+                                        groups=("system:nodes", "system:authenticated"))
+        node = await start_node(node_client, data, args, embedded_serving_context(pki, data, args), cluster)
+        await start_cluster_dns(node, cluster, log, Client.in_process(api.handle, user=KUBE_DNS_USER,
+                                                                      groups=KUBE_DNS_GROUPS),
+                                Client.in_process(api.handle))
     log.info("kyb server %s ready at %s in %.2fs; data dir %s", __version__, url, time.perf_counter() - t0, data)
     log.info("export KUBECONFIG=%s", kubeconfig)
     log.info("join a node: kyb agent --server %s --token $(cat %s)", url, pki.join_token_file)
@@ -360,8 +366,16 @@ async def read_cluster_config(client) -> dict[str, str]:
         raise
 
 
-async def start_cluster_dns(node: Node | None, cluster: dict[str, str], log: logging.Logger) -> None:
-    """The cluster DNS, on the embedded node's pod-network gateways, behind the kube-dns Service."""
+KUBE_DNS_USER = "system:serviceaccount:kube-system:kube-dns"
+KUBE_DNS_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated")
+
+
+async def start_cluster_dns(node: Node | None, cluster: dict[str, str], log: logging.Logger, client,
+                            admin) -> None:
+    """The cluster DNS, on the embedded node's pod-network gateways, behind the kube-dns Service.
+
+    client: the DNS server's own (kube-system/kube-dns); admin: what installs its Service, as an
+    installer would."""
     net = node.kubelet.network if node is not None else None
     if node is None or net is None or net.network is None:
         if net is not None:
@@ -370,10 +384,13 @@ async def start_cluster_dns(node: Node | None, cluster: dict[str, str], log: log
     from ..network.dns import ClusterDNS, ensure_kube_dns_service
 
     gateways = [str(r.gateway.ip) for r in net.network.ranges]
-    dns = ClusterDNS(node.client, domain=cluster["clusterDomain"], listen=[(gw, 53) for gw in gateways])
+    dns = ClusterDNS(client, domain=cluster["clusterDomain"], listen=[(gw, 53) for gw in gateways])
     await dns.start()
     node.dns = dns
-    await ensure_kube_dns_service(node.client, cluster["clusterDNS"], endpoints=gateways, port=53)
+    try:
+        await ensure_kube_dns_service(admin, cluster["clusterDNS"], endpoints=gateways, port=53)
+    finally:
+        await admin.close()
     log.info("cluster DNS on %s behind kube-system/kube-dns %s", ", ".join(gateways), cluster["clusterDNS"])
 
 

@@ -491,7 +491,10 @@ class SharedInformers:
     reads are not shared, so each user still gets exactly what it asked for.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, client: Any = None) -> None:
+        """client: whom the informers list and watch as (upstream's controller manager uses its own
+        identity for them, each controller its own for writes); None: the first asker's client."""
+        self.client = client
         self._informers: dict[tuple[Any, ...], Informer] = {}
 
     def informer(self, resource: ResourceClient, *, resync_period: float = 0,
@@ -500,6 +503,9 @@ class SharedInformers:
                resync_period, transform)
         inf = self._informers.get(key)
         if inf is None:
+            if self.client is not None:
+                resource = self.client.resource(resource.api_version, resource.plural, resource.namespaced,
+                                                metadata_only=resource.metadata_only)
             inf = self._informers[key] = Informer(resource, resync_period=resync_period, transform=transform)
         return inf
 

@@ -14,7 +14,7 @@ import logging
 from typing import Any
 
 from ..api.errors import StatusError
-from ..client import Client, Informer, QueueShutDown, WorkQueue
+from ..client import Client, Informer, QueueShutDown, ResourceClient, WorkQueue
 from ..client.informer import informer_for, strip_managed_fields
 
 log = logging.getLogger("kybernetes.controllers")
@@ -38,6 +38,14 @@ class Controller:
         self.informers: list[Informer] = []
         self._own_informers: list[Informer] = []
         self._tasks: list[asyncio.Task] = []
+
+    def reader(self, api_version: str, plural: str, namespaced: bool = True) -> ResourceClient:
+        """A resource to list and watch for an informer of this controller's own: as the controller
+        manager (whose identity reads for every controller, as upstream's shared informers do) when
+        there is one, else as this controller."""
+        shared = self.client.shared_informers
+        c = shared.client if shared is not None and shared.client is not None else self.client
+        return c.resource(api_version, plural, namespaced)
 
     def informer(self, api_version: str, plural: str, *, namespaced: bool = True,
                  resync_period: float = 0, metadata_only: bool = False,

@@ -266,7 +266,7 @@ def token_expiry(fields: dict[str, str]) -> float | None:
 
 
 def _token_informer(controller: Controller, handler) -> Informer:
-    inf = Informer(controller.client.resource("v1", "secrets"), namespace="kube-system",
+    inf = Informer(controller.reader("v1", "secrets"), namespace="kube-system",
                    field_selector=f"type={BOOTSTRAP_TOKEN_TYPE}", transform=strip_managed_fields)
     controller.informers.append(inf)
     controller._own_informers.append(inf)
@@ -281,7 +281,8 @@ class BootstrapSigner(Controller):
     def __init__(self, client: Client):
         super().__init__(client)
         self.api = client.resource("v1", "configmaps")
-        self.configmaps = Informer(self.api, namespace="kube-public", field_selector=f"metadata.name={CLUSTER_INFO}",
+        self.configmaps = Informer(self.reader("v1", "configmaps"), namespace="kube-public",
+                                   field_selector=f"metadata.name={CLUSTER_INFO}",
                                    transform=strip_managed_fields)
         self.informers.append(self.configmaps)
         self._own_informers.append(self.configmaps)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..client import Client
@@ -44,6 +44,9 @@ from .statefulset import StatefulSetController
 
 log = logging.getLogger("kybernetes.controllers")
 
+SA_PREFIX = "system:serviceaccount:kube-system:"
+SA_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated")
+
 
 class ControllerManager:
     def __init__(self, client: Client, resources: list[tuple[str, str, str, bool]], *,
@@ -52,7 +55,8 @@ class ControllerManager:
                  service_account_key: str = "", cluster_cidrs: str | Sequence[str] | None = None,
                  node_cidr_mask_size_ipv4: int = 24, node_cidr_mask_size_ipv6: int = 64,
                  service_cidrs: str | Sequence[str] = (), servicelb: bool = True,
-                 lb_pools: str | Sequence[str] | None = None):
+                 lb_pools: str | Sequence[str] | None = None,
+                 client_for: Callable[[str], Client] | None = None):
         """resources: (apiVersion, kind, plural, namespaced) of every served resource, one per storage;
         root_ca: the cluster CA (PEM) published to every namespace as kube-root-ca.crt (none if empty);
         storage_dir: where the local-path provisioner makes volumes (no provisioning if None);
@@ -63,44 +67,61 @@ class ControllerManager:
         cluster_cidrs: the pod network, one CIDR or an IPv4,IPv6 pair ("a,b" or a list): nodes get
         spec.podCIDRs of the node mask sizes from it (no node IPAM if None), avoiding service_cidrs;
         servicelb: give LoadBalancer Services addresses, from lb_pools (CIDRs or "a-b" ranges) if
-        given, else the nodes' own, as k3s's servicelb."""
+        given, else the nodes' own, as k3s's servicelb;
+        client_for: a client acting as the kube-system service account of that name (each controller
+        gets its own, as upstream's --use-service-account-credentials); None: all use ``client``."""
         self.client = client
-        client.shared_informers = SharedInformers()
+        # The shared informers read as the manager itself (client), each controller writes as its own.
+        client.shared_informers = SharedInformers(client)
+
+        def as_(account: str) -> Client:
+            # Each controller acts as its own service account, as upstream's
+            # --use-service-account-credentials: its bootstrap role says what it may do.
+            if client_for is None:
+                return client
+            c = client_for(account)
+            c.shared_informers = client.shared_informers
+            self._clients.append(c)
+            return c
+        self._clients: list[Client] = []
         namespaced = [(av, plural) for av, _kind, plural, ns in resources if ns]
-        self.controllers: list[Controller] = [NamespaceController(client, namespaced),
-                                              GarbageCollector(client, resources),
-                                              ClusterRoleAggregationController(client),
-                                              ResourceQuotaController(client, resources),
-                                              ReplicaSetController(client), DeploymentController(client),
-                                              DaemonSetController(client), StatefulSetController(client),
-                                              JobController(client), CronJobController(client),
-                                              DisruptionController(client),
-                                              EndpointsController(client), EndpointSliceController(client),
-                                              EndpointSliceMirroringController(client),
-                                              HorizontalPodAutoscalerController(client),
-                                              NodeLifecycleController(client,
+        self.controllers: list[Controller] = [NamespaceController(as_("namespace-controller"), namespaced),
+                                              GarbageCollector(as_("generic-garbage-collector"), resources),
+                                              ClusterRoleAggregationController(as_("clusterrole-aggregation-controller")),
+                                              ResourceQuotaController(as_("resourcequota-controller"), resources),
+                                              ReplicaSetController(as_("replicaset-controller")), DeploymentController(as_("deployment-controller")),
+                                              DaemonSetController(as_("daemon-set-controller")), StatefulSetController(as_("statefulset-controller")),
+                                              JobController(as_("job-controller")), CronJobController(as_("cronjob-controller")),
+                                              DisruptionController(as_("disruption-controller")),
+                                              EndpointsController(as_("endpoint-controller")), EndpointSliceController(as_("endpointslice-controller")),
+                                              EndpointSliceMirroringController(as_("endpointslicemirroring-controller")),
+                                              HorizontalPodAutoscalerController(as_("horizontal-pod-autoscaler")),
+                                              NodeLifecycleController(as_("node-controller"),
                                                                       grace_period=node_monitor_grace_period),
-                                              ServiceAccountController(client),
-                                              PersistentVolumeController(client, storage_dir=storage_dir),
-                                              *([RootCACertPublisher(client, root_ca)] if root_ca else []),
-                                              *([TokensController(client, service_account_key.encode(), root_ca)]
+                                              ServiceAccountController(as_("service-account-controller")),
+                                              PersistentVolumeController(as_("persistent-volume-binder"), storage_dir=storage_dir),
+                                              *([RootCACertPublisher(as_("root-ca-cert-publisher"), root_ca)] if root_ca else []),
+                                              *([TokensController(as_("tokens-controller"), service_account_key.encode(), root_ca)]
                                                 if service_account_key else []),
-                                              CSRApprovingController(client), CSRCleaner(client),
-                                              BootstrapSigner(client), TokenCleaner(client),
-                                              *([CSRSigningController(client, root_ca.encode(),
+                                              CSRApprovingController(as_("certificate-controller")), CSRCleaner(as_("certificate-controller")),
+                                              BootstrapSigner(as_("bootstrap-signer")), TokenCleaner(as_("token-cleaner")),
+                                              *([CSRSigningController(as_("certificate-controller"), root_ca.encode(),
                                                                       cluster_signing_key.encode())]
                                                 if root_ca and cluster_signing_key else []),
-                                              *([NodeIPAMController(client, cluster_cidrs,
+                                              *([NodeIPAMController(as_("node-controller"), cluster_cidrs,
                                                                     node_cidr_mask_size_ipv4=node_cidr_mask_size_ipv4,
                                                                     node_cidr_mask_size_ipv6=node_cidr_mask_size_ipv6,
                                                                     service_cidrs=service_cidrs)]
                                                 if cluster_cidrs else []),
-                                              *([ServiceLBController(client, pools=lb_pools)]
+                                              *([ServiceLBController(as_("servicelb-controller"), pools=lb_pools)]
                                                 if servicelb else [])]
 
     @classmethod
     def in_process(cls, api, **options: Any) -> ControllerManager:
-        client = Client.in_process(api.handle)
+        # As upstream's kube-controller-manager: its own identity lists and watches for every
+        # controller (the shared informers), and each controller acts as its service account.
+        client = Client.in_process(api.handle, user="system:kube-controller-manager",
+                                   groups=("system:authenticated",))
         if options.get("cluster_cidrs"):
             # Pod CIDRs never overlap the Service ranges this API server hands out.
             options.setdefault("service_cidrs", api.service_cidr)
@@ -113,7 +134,10 @@ class ControllerManager:
         # Propagation finalizers (orphan, foregroundDeletion) are only added
         # when a garbage collector is there to remove them.
         api.rest.gc_enabled = True
-        return cls(client, resources, **options)
+
+        def client_for(account: str) -> Client:
+            return Client.in_process(api.handle, user=SA_PREFIX + account, groups=SA_GROUPS)
+        return cls(client, resources, client_for=client_for, **options)
 
     async def start(self) -> None:
         await asyncio.gather(*(c.start() for c in self.controllers))
@@ -123,4 +147,6 @@ class ControllerManager:
             await c.stop()
         if self.client.shared_informers is not None:
             await self.client.shared_informers.stop()
+        for c in self._clients:
+            await c.close()
         await self.client.close()

@@ -93,7 +93,7 @@ class RootCACertPublisher(Controller):
         self.api = client.resource("v1", "configmaps")
         self.namespaces = self.informer("v1", "namespaces", namespaced=False, resync_period=300)
         # Only the one ConfigMap per namespace this controller owns: not every ConfigMap of the cluster.
-        self.configmaps = Informer(self.api, field_selector=f"metadata.name={ROOT_CA_CONFIGMAP}",
+        self.configmaps = Informer(self.reader("v1", "configmaps"), field_selector=f"metadata.name={ROOT_CA_CONFIGMAP}",
                                    transform=strip_managed_fields)
         self.informers.append(self.configmaps)
         self.namespaces.add_handler(on_add=self._on_ns, on_update=lambda _old, new: self._on_ns(new))
@@ -156,7 +156,8 @@ class TokensController(Controller):
         self.api = client.resource("v1", "secrets")
         self.serviceaccounts = self.informer("v1", "serviceaccounts")
         # Only token Secrets: not every Secret of the cluster.
-        self.secrets = Informer(self.api, field_selector=f"type={SA_TOKEN_TYPE}", transform=strip_managed_fields)
+        self.secrets = Informer(self.reader("v1", "secrets"), field_selector=f"type={SA_TOKEN_TYPE}",
+                                transform=strip_managed_fields)
         self.informers.append(self.secrets)
         self.secrets.add_index("serviceaccount", lambda s: [r] if (r := _sa_ref(s)) else [])
         self.secrets.add_handler(on_add=self._on_secret, on_update=lambda _old, new: self._on_secret(new))

@@ -7,6 +7,8 @@ import ssl
 import urllib.error
 import urllib.request
 
+import pytest
+
 from .conftest import Server, needs_kubectl, wait_for
 
 pytestmark = [needs_kubectl]
@@ -133,3 +135,128 @@ def test_anonymous(server: Server):
     code, body = _anonymous_get(server, "/api/v1/namespaces/kube-public/configmaps/cluster-info")
     assert code == 200 and "kubeconfig" in json.loads(body)["data"], body
     assert _anonymous_get(server, "/api/v1/namespaces/kube-public/configmaps")[0] == 403
+
+
+# The RBAC examples of the Kubernetes documentation ("Using RBAC Authorization"), as they are.
+DOCS_EXAMPLES = """\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  namespace: default
+  name: pod-reader
+rules:
+- apiGroups: [""] # "" indicates the core API group
+  resources: ["pods"]
+  verbs: ["get", "watch", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  # "namespace" omitted since ClusterRoles are not namespaced
+  name: secret-reader
+rules:
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "watch", "list"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: read-pods
+  namespace: default
+subjects:
+- kind: User
+  name: jane # "name" is case sensitive
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: Role #this must be Role or ClusterRole
+  name: pod-reader # this must match the name of the Role or ClusterRole you wish to bind to
+  apiGroup: rbac.authorization.k8s.io
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: read-secrets-global
+subjects:
+- kind: Group
+  name: manager # Name is case sensitive
+  apiGroup: rbac.authorization.k8s.io
+roleRef:
+  kind: ClusterRole
+  name: secret-reader
+  apiGroup: rbac.authorization.k8s.io
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: monitoring
+aggregationRule:
+  clusterRoleSelectors:
+  - matchLabels:
+      rbac.example.com/aggregate-to-monitoring: "true"
+rules: [] # The control plane automatically fills in the rules
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: monitoring-endpoints
+  labels:
+    rbac.example.com/aggregate-to-monitoring: "true"
+# When you create the "monitoring-endpoints" ClusterRole,
+# the rules below will be added to the "monitoring" ClusterRole.
+rules:
+- apiGroups: [""]
+  resources: ["services", "endpointslices", "pods"]
+  verbs: ["get", "list", "watch"]
+"""
+
+
+def test_the_docs_rbac_examples(server: Server):
+    server.kubectl("apply", "-f", "-", input=DOCS_EXAMPLES)
+
+    def can(*args: str) -> str:
+        return server.kubectl("auth", "can-i", *args, check=False).stdout.strip()
+    assert wait_for(lambda: can("list", "pods", "-n", "default", "--as=jane") == "yes")
+    assert can("list", "pods", "-n", "kube-system", "--as=jane") == "no"
+    assert can("get", "secrets", "-n", "kube-system", "--as=someone", "--as-group=manager") == "yes"
+    assert can("get", "secrets", "-n", "kube-system", "--as=jane") == "no"
+    monitoring = wait_for(lambda: (r := server.kjson("get", "clusterrole", "monitoring")).get("rules") and r)
+    assert monitoring["rules"] == [{"apiGroups": [""], "resources": ["services", "endpointslices", "pods"],
+                                    "verbs": ["get", "list", "watch"]}]
+
+
+def test_python_client_under_rbac(server: Server):
+    """The official client with a token of a service account bound to the view role."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    server.kubectl("create", "namespace", "pyrbac")
+    server.kubectl("create", "serviceaccount", "viewer", "-n", "pyrbac")
+    server.kubectl("create", "rolebinding", "viewer", "--clusterrole=view", "--serviceaccount=pyrbac:viewer",
+                   "-n", "pyrbac")
+    server.kubectl("create", "configmap", "cm", "--from-literal=a=b", "-n", "pyrbac")
+    wait_for(lambda: server.kubectl("auth", "can-i", "list", "configmaps", "-n", "pyrbac",
+                                    "--as=system:serviceaccount:pyrbac:viewer", check=False).stdout.strip() == "yes")
+    token = server.kubectl("create", "token", "viewer", "-n", "pyrbac").stdout.strip()
+    cluster = server.kjson("config", "view", "--raw")["clusters"][0]["cluster"]
+    cfg = client.Configuration()
+    cfg.host = cluster["server"]
+    cfg.ssl_ca_cert = str(server.data_dir / "pki" / "ca.crt")
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    with client.ApiClient(cfg) as api:
+        core = client.CoreV1Api(api)
+        assert [c.metadata.name for c in core.list_namespaced_config_map("pyrbac").items if c.metadata.name == "cm"]
+        with pytest.raises(ApiException) as e:
+            core.list_namespaced_secret("pyrbac")
+        assert e.value.status == 403
+        body = json.loads(e.value.body)
+        assert body["reason"] == "Forbidden" and body["details"] == {"kind": "secrets"}, body
+        with pytest.raises(ApiException) as e:
+            core.create_namespaced_config_map("pyrbac", client.V1ConfigMap(metadata=client.V1ObjectMeta(name="x")))
+        assert e.value.status == 403
+        review = client.AuthorizationV1Api(api).create_self_subject_access_review(
+            client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=client.V1ResourceAttributes(namespace="pyrbac", verb="delete",
+                                                                resource="configmaps"))))
+        assert review.status.allowed is False
