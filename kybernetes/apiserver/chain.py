@@ -9,6 +9,10 @@ front door and the in-process transport both enter it, so a component inside
 the server process is checked exactly as kubectl over HTTPS is. Each filter is
 a small unit: it takes the request and the rest of the chain, and either
 answers (raises a StatusError, which becomes a metav1.Status) or calls on.
+Most filters only look at the request before it goes on; they say so with a
+``before(req)`` step (returning None, or an awaitable when it must wait), and
+``build`` runs consecutive ones in one loop instead of nesting a coroutine per
+filter, which matters on a path taken thousands of times a second.
 
 Admission is not a filter here, as it is not in upstream: it needs the decoded
 object (and, for updates, the stored one), so the REST storage runs it after
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from .server import APIServer
 
 Filter = Callable[[Request, Handler], Awaitable[Response]]
+Before = Callable[[Request], Awaitable[None] | None]
 
 # Anonymous requests may reach these without an authorizer's say, while every
 # authenticated request is allowed (AlwaysAllow): the health and version
@@ -41,9 +46,17 @@ CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 def build(filters: Sequence[Filter], handler: Handler) -> Handler:
     """One handler that runs ``filters`` in order, then ``handler``."""
     h = handler
+    group: list[Before] = []
     for f in reversed(filters):
+        before = getattr(f, "before", None)
+        if before is not None:
+            group.insert(0, before)
+            continue
+        if group:
+            h = _steps(tuple(group), h)
+            group = []
         h = _link(f, h)
-    return h
+    return _steps(tuple(group), h) if group else h
 
 
 def _link(f: Filter, rest: Handler) -> Handler:
@@ -52,10 +65,37 @@ def _link(f: Filter, rest: Handler) -> Handler:
     return step
 
 
-async def with_request_info(req: Request, rest: Handler) -> Response:
+def _steps(befores: tuple[Before, ...], rest: Handler) -> Handler:
+    async def steps(req: Request) -> Response:
+        for b in befores:
+            pending = b(req)
+            if pending is not None:
+                await pending
+        return await rest(req)
+    return steps
+
+
+class _Step:
+    """A filter that only looks at the request before it goes on (see ``build``)."""
+
+    def before(self, req: Request) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    async def __call__(self, req: Request, rest: Handler) -> Response:
+        pending = self.before(req)
+        if pending is not None:
+            await pending
+        return await rest(req)
+
+
+class _RequestInfo(_Step):
     """Parse what the request asks for once; a path that may not be served ends here."""
-    req.info = requestinfo.parse(req.method, req.path, req.query)
-    return await rest(req)
+
+    def before(self, req: Request) -> None:
+        req.info = requestinfo.parse(req.method, req.path, req.query)
+
+
+with_request_info = _RequestInfo()
 
 
 def public(req: Request) -> bool:
@@ -65,7 +105,7 @@ def public(req: Request) -> bool:
             or (path == CLUSTER_INFO_PATH and req.method == "GET"))
 
 
-class Authenticate:
+class Authenticate(_Step):
     """Set the request's identity from its credentials (an empty ``user`` means: not yet known).
 
     The in-process transport gives its callers' identity itself; the front door
@@ -78,27 +118,27 @@ class Authenticate:
         self.api = api
         self.authenticator = authenticator
 
-    async def __call__(self, req: Request, rest: Handler) -> Response:
-        if not req.user:
-            who = await self.authenticator.authenticate(req)
-            if who is None:
-                if not self.api.authorizer.restricts_anonymous and not public(req):
-                    raise errors.unauthorized()
-                who = authentication.ANONYMOUS
-            req.user, req.groups = who
-        return await rest(req)
+    def before(self, req: Request) -> Awaitable[None] | None:
+        return None if req.user else self._authenticate(req)
+
+    async def _authenticate(self, req: Request) -> None:
+        who = await self.authenticator.authenticate(req)
+        if who is None:
+            if not self.api.authorizer.restricts_anonymous and not public(req):
+                raise errors.unauthorized()
+            who = authentication.ANONYMOUS
+        req.user, req.groups = who
 
 
-class Impersonate:
+class Impersonate(_Step):
     """Replace the identity with the one the Impersonate-* headers name, if the caller may."""
 
     def __init__(self, api: APIServer) -> None:
         self.api = api
 
-    async def __call__(self, req: Request, rest: Handler) -> Response:
-        if authentication.wants_impersonation(req.headers):
+    def before(self, req: Request) -> None:
+        if req.headers and authentication.wants_impersonation(req.headers):
             req.user, req.groups = authentication.impersonate(self.api, req.headers, (req.user, req.groups))
-        return await rest(req)
 
 
 def attributes(info: requestinfo.RequestInfo) -> dict[str, str]:
@@ -133,25 +173,31 @@ def forbidden(user: str, info: requestinfo.RequestInfo, reason: str) -> errors.S
     return errors.StatusError(403, "Forbidden", msg, details or None)
 
 
-class Authorize:
+class Authorize(_Step):
     """Refuse what the authorizer does not allow (403, in upstream's words)."""
 
     def __init__(self, api: APIServer) -> None:
         self.api = api
 
-    async def __call__(self, req: Request, rest: Handler) -> Response:
+    def before(self, req: Request) -> None:
         info = req.info
         assert info is not None, "the request info filter runs first"
         allowed, reason = self.api.authorizer.authorize(req.user, req.groups, attributes(info), info.is_resource)
         audit.record_authorization(allowed, reason)
         if not allowed:
             raise forbidden(req.user, info, reason)
-        return await rest(req)
 
 
-async def read_body(req: Request, rest: Handler) -> Response:
+class _ReadBody(_Step):
     """Read the request's body only once the request is known to be allowed."""
-    if req.read_body is not None:
+
+    def before(self, req: Request) -> Awaitable[None] | None:
+        return self._read(req) if req.read_body is not None else None
+
+    async def _read(self, req: Request) -> None:
         reader, req.read_body = req.read_body, None
+        assert reader is not None
         req.body = await reader()
-    return await rest(req)
+
+
+read_body = _ReadBody()

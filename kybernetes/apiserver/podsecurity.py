@@ -768,10 +768,19 @@ class PodSecurity:
         self.evaluator = Evaluator(relax_user_namespace_pods=relax_user_namespace_pods)
         self.namespace_max_pods = namespace_max_pods
         self.namespace_pod_timeout = namespace_pod_timeout
+        # Policies by their namespace's pod-security labels: every pod create asks.
+        self._policies: dict[tuple[tuple[str, str], ...], tuple[Policy, list[errors.FieldError]]] = {}
 
     def policy(self, ns_obj: Obj | None) -> tuple[Policy, list[errors.FieldError]]:
         """The policy a namespace's labels choose (with the server's defaults), and the label errors."""
-        return policy_from_labels(_dict(_dict(ns_obj).get("metadata")).get("labels"), self.defaults)
+        labels = _dict(_dict(_dict(ns_obj).get("metadata")).get("labels"))
+        key = tuple(sorted((k, v) for k, v in labels.items() if isinstance(k, str) and k.startswith(LABEL_PREFIX)))
+        hit = self._policies.get(key)
+        if hit is None:
+            if len(self._policies) >= 1024:
+                self._policies.clear()
+            hit = self._policies[key] = policy_from_labels(dict(key), self.defaults)
+        return hit
 
     # -------------------------------------------------------------- pods
 
