@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import FieldError, invalid, not_supported, required
-from .selectors import is_dns1123_subdomain, validate_label_selector_object
+from .selectors import is_dns1123_subdomain, is_path_segment_name, validate_label_selector_object
 
 GROUP = "rbac.authorization.k8s.io"
 ROLE_KINDS = ("Role", "ClusterRole")
@@ -36,13 +36,6 @@ def _d(v: Any) -> Obj:
 
 def _l(v: Any) -> list:
     return v if isinstance(v, list) else []
-
-
-def path_segment_problems(name: str) -> list[str]:
-    """Why ``name`` cannot be one segment of a URL path; [] if it can (upstream's ValidateRBACName)."""
-    if name in (".", ".."):
-        return [f"may not be '{name}'"]
-    return [f"may not contain '{c}'" for c in ("/", "%") if c in name]
 
 
 # ---------------------------------------------------------------- defaults
@@ -146,7 +139,7 @@ def _validate_binding(obj: Obj, old: Obj | None, kinds: tuple[str, ...], namespa
     if not name:
         errs.append(required("roleRef.name", ""))
     elif isinstance(name, str):
-        for msg in path_segment_problems(name):
+        for msg in is_path_segment_name(name):
             errs.append(invalid("roleRef.name", name, msg))
     for i, s in enumerate(_l(obj.get("subjects"))):
         errs.extend(validate_subject(s, namespaced, f"subjects[{i}]"))

@@ -62,6 +62,13 @@ def is_dns1123_subdomain(value: str) -> list[str]:
     return errs
 
 
+def is_path_segment_name(value: str) -> list[str]:
+    """Why ``value`` cannot be one segment of a URL path (upstream's IsValidPathSegmentName); [] if it can."""
+    if value in (".", ".."):
+        return [f"may not be '{value}'"]
+    return [f"may not contain '{c}'" for c in ("/", "%") if c in value]
+
+
 def is_qualified_name(value: str) -> list[str]:
     """Errors for a label key / annotation key / finalizer: `[prefix/]name`."""
     errs: list[str] = []

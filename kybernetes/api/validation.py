@@ -45,6 +45,7 @@ from kybernetes.api.selectors import (
     from_label_selector_object,
     is_dns1123_subdomain,
     is_namespaced_kind,
+    is_path_segment_name,
     is_qualified_name,
     is_valid_label_value,
     max_len_error,
@@ -112,12 +113,6 @@ def is_wildcard_dns1123_subdomain(value: str) -> list[str]:
     if not _wildcard_re.fullmatch(value):
         errs.append(regex_error(WILDCARD_DNS1123_ERR, WILDCARD_DNS1123_FMT, "*.example.com"))
     return errs
-
-
-def is_path_segment_name(value: str) -> list[str]:
-    if value in (".", ".."):
-        return [f"may not be '{value}'"]
-    return [f"may not contain '{c}'" for c in ("/", "%") if c in value]
 
 
 def is_valid_port_num(port: Any) -> list[str]:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from ..api import errors
+from ..api.selectors import is_path_segment_name
 
 API_PREFIXES = ("api", "apis")
 LEGACY_PREFIX = "api"
@@ -66,17 +67,6 @@ class RequestInfo:
 
 def not_found() -> errors.StatusError:
     return errors.StatusError(404, "NotFound", "the server could not find the requested resource")
-
-
-def path_segment_problems(name: str) -> list[str]:
-    """Why ``name`` cannot be one segment of a path (upstream's IsValidPathSegmentName); [] if it can."""
-    if name in (".", ".."):
-        return [f"may not be '{name}'"]
-    out = []
-    for ch in ("/", "%"):
-        if ch in name:
-            out.append(f"may not contain '{ch}'")
-    return out
 
 
 def split_path(raw_path: str) -> list[str]:
@@ -123,7 +113,7 @@ def _selected_name(query: Mapping[str, str]) -> str:
         key, sep, value = term.partition("=")
         if sep and key.strip() == "metadata.name":
             value = (value[1:] if value.startswith("=") else value).strip()  # "==" is "="
-            return value if value and not path_segment_problems(value) else ""
+            return value if value and not is_path_segment_name(value) else ""
     return ""
 
 
@@ -170,7 +160,7 @@ def parse(method: str, raw_path: str, query: Mapping[str, str]) -> RequestInfo:
     if "%" in raw_path:
         # Only a decoded segment can hold what a name may not (split_path refused the rest).
         for what, value in (("Namespace", namespace), ("Name", name)):
-            problems = path_segment_problems(value) if value else []
+            problems = is_path_segment_name(value) if value else []
             if problems:
                 raise errors.bad_request(f'{what} parameter invalid: "{value}": {";".join(problems)}')
     if verb == "get" and not name:

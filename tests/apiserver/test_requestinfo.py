@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from kybernetes.api.errors import StatusError
-from kybernetes.apiserver.requestinfo import parse, path_segment_problems
+from kybernetes.api.selectors import is_path_segment_name
+from kybernetes.apiserver.requestinfo import parse
 
 
 def info(method: str, path: str, **query: str):
@@ -102,7 +103,7 @@ def test_invalid_name_message_is_upstreams() -> None:
     assert e.value.message == "Name parameter invalid: \"a%b\": may not contain '%'"
 
 
-def test_path_segment_problems() -> None:
-    assert path_segment_problems("ok-name.x") == []
-    assert path_segment_problems("..") == ["may not be '..'"]
-    assert path_segment_problems("a/b%") == ["may not contain '/'", "may not contain '%'"]
+def test_path_segment_names() -> None:
+    assert is_path_segment_name("ok-name.x") == []
+    assert is_path_segment_name("..") == ["may not be '..'"]
+    assert is_path_segment_name("a/b%") == ["may not contain '/'", "may not contain '%'"]
