@@ -195,6 +195,17 @@ def _conditions(obj: dict, type_: str | None = None) -> list[dict]:
     return out if type_ is None else [c for c in out if c.get("type") == type_]
 
 
+def _preserve(conds: list[dict], old: list[dict], type_: str) -> bool:
+    """Put the old conditions of a type back in their places in ``conds``; False if their number differs."""
+    old_of_type = [c for c in old if c.get("type") == type_]
+    places = [i for i, c in enumerate(conds) if c.get("type") == type_]
+    if len(places) != len(old_of_type):
+        return False
+    for i, c in zip(places, old_of_type, strict=True):
+        conds[i] = c
+    return True
+
+
 def prepare_update(new: dict, cur: dict, subresource: str) -> None:
     """What each kind of write may change, applied in place to ``new`` (cur is the stored object)."""
     new["spec"] = cur.get("spec")
@@ -208,10 +219,12 @@ def prepare_update(new: dict, cur: dict, subresource: str) -> None:
     if not isinstance(status, dict):
         status = new["status"] = {}
     if subresource == "status":
-        # Approval is /approval's business: keep the Approved/Denied conditions exactly as they were.
-        keep = {APPROVED, DENIED}
-        conds = [c for c in _conditions(new) if c.get("type") not in keep]
-        conds += [c for c in _conditions(cur) if c.get("type") in keep]
+        # Approval is /approval's business: the Approved/Denied conditions stay exactly as they were,
+        # where the new list has them; a write that adds or removes one keeps the old conditions, as
+        # upstream's status strategy does.
+        conds = _conditions(new)
+        if not (_preserve(conds, _conditions(cur), APPROVED) and _preserve(conds, _conditions(cur), DENIED)):
+            conds = _conditions(cur)
         if conds:
             status["conditions"] = conds
         else:

@@ -270,9 +270,14 @@ async def test_csr_subresources(api: APIServer) -> None:
                "status": {"conditions": [{"type": "Approved", "status": "True"}]}}
     code, out = await call(api, "PUT", base, changed)
     assert code == 200 and out["spec"]["signerName"] == csrs.KUBELET_CLIENT and not out.get("status")
-    # /status may not approve (the condition is dropped) but may add other conditions.
+    # /status may not approve: a write that adds an Approved condition keeps the old conditions,
+    # as upstream's status strategy does; other conditions it may add.
     code, out = await call(api, "PUT", base + "/status", {**obj, "status": {"conditions": [
         {"type": "Approved", "status": "True"}, {"type": "Progressing", "status": "False"}]}})
+    assert code == 200, out
+    assert not (out.get("status") or {}).get("conditions"), out
+    code, out = await call(api, "PUT", base + "/status", {**obj, "status": {"conditions": [
+        {"type": "Progressing", "status": "False"}]}})
     assert code == 200, out
     assert [c["type"] for c in out["status"]["conditions"]] == ["Progressing"]
     # /approval approves; timestamps are filled in.
@@ -282,6 +287,13 @@ async def test_csr_subresources(api: APIServer) -> None:
     assert code == 200, out
     cond = out["status"]["conditions"][-1]
     assert cond["type"] == "Approved" and cond["lastUpdateTime"] and cond["lastTransitionTime"]
+    # A /status update that keeps the Approved condition where it is and appends one of its own
+    # keeps that order (the conformance spec's "updating /status").
+    code, st = await call(api, "PUT", base + "/status", {**out, "status": {"conditions": [
+        *out["status"]["conditions"], {"type": "StatusUpdate", "status": "True", "reason": "E2E"}]}})
+    assert code == 200, st
+    assert [c["type"] for c in st["status"]["conditions"]] == ["Progressing", "Approved", "StatusUpdate"]
+    out = st
     # /approval cannot set the certificate; /status can, once.
     cert_b64 = base64.b64encode(_self_signed()).decode()
     code, out2 = await call(api, "PUT", base + "/approval", {**out, "status": {**out["status"],
