@@ -39,7 +39,7 @@ Before = Callable[[Request], Awaitable[None] | None]
 # authenticated request is allowed (AlwaysAllow): the health and version
 # endpoints and what a joining node reads before it trusts anything, the
 # kube-public cluster-info ConfigMap (its CA is checked against the join pin).
-PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 CLUSTER_INFO_PATH = "/api/v1/namespaces/kube-public/configmaps/cluster-info"
 
 
@@ -101,8 +101,12 @@ with_request_info = _RequestInfo()
 def public(req: Request) -> bool:
     """May an anonymous request reach this while there is no authorizer to ask?"""
     path = req.info.path if req.info is not None else req.path
-    return (path in PUBLIC_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
-            or (path == CLUSTER_INFO_PATH and req.method == "GET"))
+    return is_health(path) or path == "/version" or (path == CLUSTER_INFO_PATH and req.method == "GET")
+
+
+def is_health(path: str) -> bool:
+    """/healthz, /livez, /readyz and their individual checks."""
+    return path in HEALTH_PATHS or path.startswith(("/healthz/", "/livez/", "/readyz/"))
 
 
 class Authenticate(_Step):

@@ -23,14 +23,13 @@ from typing import TYPE_CHECKING, Any
 from ..api import errors
 from ..api.kinds import Kind
 from . import rbac
-from .authorization import Authorizer
+from .authorization import SUPERUSER_GROUP, Authorizer
 
 if TYPE_CHECKING:
     from .rest import Call
     from .watchcache import WatchCache
 
 Obj = dict[str, Any]
-SUPERUSER_GROUP = "system:masters"
 _GC_FIELDS = ("ownerReferences", "finalizers", "resourceVersion", "managedFields", "generation")
 
 

@@ -28,11 +28,6 @@ from .server import APIServer
 log = logging.getLogger("kybernetes.http")
 
 
-def _peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
-    who = peer_identity(request)
-    return (who[0], who[1] + ("system:authenticated",)) if who else None
-
-
 _LARGE_BODY = 1 << 20
 _MAX_BODY = 16 * 1024 * 1024
 _SLICE = 256 * 1024

@@ -104,14 +104,6 @@ def _containers(spec: Obj) -> Iterator[Obj]:
         yield from _dicts(spec.get(key))
 
 
-def _selected_name(selector: str) -> str:
-    for term in selector.split(","):
-        key, sep, value = term.partition("=")
-        if sep and key.strip() == "metadata.name":
-            return value.lstrip("=").strip()
-    return ""
-
-
 class NodeAuthorizer:
     """Upstream's Node authorizer over the watch cache (see the module docstring)."""
 
@@ -155,7 +147,7 @@ class NodeAuthorizer:
             selector = attributes.get("fieldSelector") or ""
             if res == "secrets" and verb in ("list", "watch") and TLS_SELECTOR in selector.replace(" ", ""):
                 return True, ""  # what every node's ingress controller serves
-            name = name or _selected_name(selector)
+            # A list or watch by a metadata.name field selector has that name here (requestinfo.py).
             return self._graph(node, verb in _READ_ONE, res, ns, name)
         if group == "" and res in ("persistentvolumeclaims", "persistentvolumes") and not sub:
             return self._graph(node, verb == "get", res, ns, name)

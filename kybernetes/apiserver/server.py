@@ -258,7 +258,7 @@ class APIServer:
                     raise not_found()
                 return self._json(g)
             return self._resource_list_response(segs[1], segs[2])
-        if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
+        if chain.is_health(path):
             return self._health(req, path)
         if path == "/version":
             return self._json(version_info())
@@ -291,10 +291,13 @@ class APIServer:
         return Response(status, orjson.dumps(obj), JSON)
 
     def _cached(self, key: str, build) -> Response:
+        """A discovery document, encoded once; 404 when build() finds none."""
         b = self._discovery.get(key)
         if b is None:
-            b = orjson.dumps(build())
-            self._discovery[key] = b
+            doc = build()
+            if doc is None:
+                raise not_found()
+            b = self._discovery[key] = orjson.dumps(doc)
         return Response(200, b, JSON)
 
     def _health(self, req: Request, path: str) -> Response:
@@ -408,15 +411,7 @@ class APIServer:
     # ------------------------------------------------------------ resources
 
     def _resource_list_response(self, group: str, version: str) -> Response:
-        key = f"rl/{group}/{version}"
-        b = self._discovery.get(key)
-        if b is None:
-            rl = self._resource_list(group, version)
-            if rl is None:
-                raise not_found()
-            b = orjson.dumps(rl)
-            self._discovery[key] = b
-        return Response(200, b, JSON)
+        return self._cached(f"rl/{group}/{version}", lambda: self._resource_list(group, version))
 
     async def _resource(self, req: Request, info: RequestInfo) -> Response:
         kind = self.registry.by_resource(info.group, info.version, info.resource)
