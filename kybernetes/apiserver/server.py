@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -72,7 +72,7 @@ class APIServer:
                  advertise: str = "127.0.0.1:6443", watch_cache_window: int = 10000,
                  bookmark_interval: float = 30.0, service_account_key: bytes | None = None,
                  service_account_admission: bool = False, authorization_mode: str = "AlwaysAllow",
-                 audit: Audit | None = None):
+                 audit: Audit | None = None, pod_security: Mapping[str, Any] | None = None):
         """service_cidr: the Service address range, one CIDR or a dual-stack IPv4,IPv6 pair ("a,b" or a
         list, the primary family first); ValueError if malformed;
         watch_cache_window: events kept per resource for watches to resume from;
@@ -83,7 +83,9 @@ class APIServer:
         authorization_mode: "RBAC" (system:masters may do anything, everyone else what Roles and
         bindings grant) or "AlwaysAllow" (every authenticated request; anonymous ones only reach the
         public paths); ValueError for anything else;
-        audit: records requests as its policy says (audit.py); stopped by the caller."""
+        audit: records requests as its policy says (audit.py); stopped by the caller;
+        pod_security: PodSecurity's keyword arguments (its defaults and exemptions), as
+        admissionconfig.pod_security_options makes them from a PodSecurityConfiguration."""
         self.store = store
         self.registry = registry or builtin_registry()
         # The parsed ranges, primary first; service_cidr is their canonical "a,b" spelling.
@@ -114,7 +116,7 @@ class APIServer:
             raise ValueError(f"unknown authorization mode {authorization_mode!r} (RBAC or AlwaysAllow)")
         # Always on, as upstream's defaults: they change nothing until a namespace label, a
         # LimitRange or a ResourceQuota asks for it.
-        self.admission.pod_security = PodSecurity()
+        self.admission.pod_security = PodSecurity(**(pod_security or {}))
         self.admission.limit_ranger = LimitRanger(self.cache)
         self.admission.quota = QuotaAdmission(self.cache, self._write_quota_status)
         self.schema = get_schema()

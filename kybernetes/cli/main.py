@@ -49,6 +49,12 @@ def _setup_logging(level: str) -> None:
 
 
 async def run_server(args: argparse.Namespace) -> int:
+    from ..apiserver.admissionconfig import (
+        POD_SECURITY,
+        AdmissionConfigError,
+        pod_security_options,
+        read_admission_configuration,
+    )
     from ..apiserver.http import TokenAuth, serve, server_ssl_context
     from ..apiserver.pki import PKI
     from ..apiserver.server import APIServer
@@ -57,6 +63,14 @@ async def run_server(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("kybernetes.server")
     t0 = time.perf_counter()
+    # The admission plugins' configuration first: a bad file stops the server before it makes anything.
+    pod_security = None
+    if args.admission_control_config_file:
+        try:
+            plugins = read_admission_configuration(args.admission_control_config_file)
+            pod_security = pod_security_options(plugins.get(POD_SECURITY))
+        except AdmissionConfigError as e:
+            raise SystemExit(f"kyb server: --admission-control-config-file: {e}") from None
     data = Path(args.data_dir).expanduser().resolve()
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     pki = PKI(data / "pki")
@@ -85,7 +99,7 @@ async def run_server(args: argparse.Namespace) -> int:
     advertise = f"{host_for_url}:{args.port}"
     api = APIServer(store, service_cidr=args.service_cidr, advertise=advertise,
                     service_account_key=pki.sa_key.read_bytes(), service_account_admission=True,
-                    authorization_mode=args.authorization_mode, audit=auditor)
+                    authorization_mode=args.authorization_mode, audit=auditor, pod_security=pod_security)
     from ..apiserver.proxy import KubeletClient
     api.kubelet_client = KubeletClient.from_pki(pki)
     await api.start()
@@ -678,6 +692,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="an EncryptionConfiguration file (upstream's format: aescbc, aesgcm, secretbox, identity) "
                         "saying how resources are encrypted at rest; default: Secrets with aescbc and a key "
                         "made on the first start, in <data-dir>/encryption-config.yaml")
+    s.add_argument("--admission-control-config-file", default="",
+                   help="an AdmissionConfiguration file (upstream's format); its PodSecurity plugin's "
+                        "PodSecurityConfiguration sets the cluster's default Pod Security levels and exemptions")
     from ..apiserver import audit
     audit.add_flags(s)
     s.add_argument("--authorization-mode", default="RBAC", choices=["RBAC", "AlwaysAllow"],

@@ -8,20 +8,26 @@
   (reason SignerValidationFailure) instead. A certificate lives as long as
   ``spec.expirationSeconds`` asks, at most the signing duration (a year, as
   upstream's default) and never past the CA.
-* CSRApprovingController approves, as upstream's csrapproving controller with
-  its default bindings: a node client certificate (CN system:node:<name>,
-  O system:nodes, signer kube-apiserver-client-kubelet) asked for by a bootstrap
-  token (group system:bootstrappers) or, to renew it, by that node itself. It
-  also approves kubelet serving certificates asked for by the node itself whose
-  names are all the node's own addresses (status.addresses, and its name).
-  Upstream leaves serving certificates to an external approver because a node
-  can claim any address; kubeadm and k3s setups usually approve them
-  automatically. We do too: the API server then checks the kubelet's
-  certificate against the address it dials, so ``kubectl logs``/``exec`` work
-  on a joined node without a manual ``kubectl certificate approve`` while no
-  node gets a certificate for an address it does not report.
-  Nothing here is an authorization check (kybernetes has no RBAC yet): the
-  groups are what upstream's default ClusterRoleBindings grant.
+* CSRApprovingController approves a node client certificate (CN
+  system:node:<name>, O system:nodes, signer kube-apiserver-client-kubelet) as
+  upstream's csrapproving controller does: it asks the authorizer, with a
+  SubjectAccessReview for the requester (the CSR's username, uid, groups and
+  extra), whether they may ``create`` ``certificatesigningrequests/selfnodeclient``
+  (a node renewing its own certificate: username == CN) or, failing that,
+  ``certificatesigningrequests/nodeclient`` (anyone asking for a node's). The
+  default bindings grant selfnodeclient to system:nodes and nodeclient to
+  system:bootstrappers (bootstrappolicy.py, as kubeadm and k3s bind them), so a
+  bootstrap token gets a node its first certificate and a node renews its own;
+  who else may is RBAC's to say. A request refused is looked at again on the
+  informer's resync or its next change. It also approves kubelet serving
+  certificates asked for by the node itself whose names are all the node's own
+  addresses (status.addresses, and its name). Upstream leaves serving
+  certificates to an external approver because a node can claim any address;
+  kubeadm and k3s setups usually approve them automatically. We do too: the
+  API server then checks the kubelet's certificate against the address it
+  dials, so ``kubectl logs``/``exec`` work on a joined node without a manual
+  ``kubectl certificate approve`` while no node gets a certificate for an
+  address it does not report.
 * BootstrapSigner keeps the kube-public ``cluster-info`` ConfigMap signed
   (``jws-kubeconfig-<token id>``) with every bootstrap token allowed to sign,
   so a joining node can check the CA it reads there with its token.
@@ -56,9 +62,15 @@ CSR_PLURAL = "certificatesigningrequests"
 DEFAULT_SIGNING_DURATION = 365 * 24 * 3600.0
 BOOTSTRAP_TOKEN_TYPE = "bootstrap.kubernetes.io/token"
 BOOTSTRAP_SECRET_PREFIX = "bootstrap-token-"
-BOOTSTRAPPERS = "system:bootstrappers"
 CLUSTER_INFO = "cluster-info"
 JWS_PREFIX = "jws-kubeconfig-"
+SUBJECT_ACCESS_REVIEWS = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+# (subresource of certificatesigningrequests the requester must be allowed to create, approval message),
+# as upstream's sarApprover tries them; selfnodeclient only where the requester is the node named.
+NODE_CLIENT_PERMISSIONS = (
+    ("selfnodeclient", "Auto approving self kubelet client certificate after SubjectAccessReview."),
+    ("nodeclient", "Auto approving kubelet client certificate after SubjectAccessReview."),
+)
 
 
 def _csr_informer(controller: Controller) -> Informer:
@@ -127,10 +139,12 @@ class CSRApprovingController(Controller):
 
     def _on_node(self, node: Obj) -> None:
         for csr in self.csrs.by_index("username", csrs.NODE_PREFIX + node["metadata"]["name"]):
+            if (csr.get("spec") or {}).get("signerName") != csrs.KUBELET_SERVING:
+                continue  # a client certificate's approval does not depend on the node
             if not csrs.has_certificate(csr) and not csrs.is_approved(csr) and not csrs.is_denied(csr):
                 self.enqueue(csr["metadata"]["name"])
 
-    def decide(self, csr: Obj) -> str | None:
+    async def decide(self, csr: Obj) -> str | None:
         """The approval message when the request is one to approve, None otherwise."""
         spec = csr.get("spec") or {}
         signer = spec.get("signerName")
@@ -142,7 +156,6 @@ class CSRApprovingController(Controller):
             return None
         usages = list(spec.get("usages") or [])
         username = spec.get("username") or ""
-        groups = set(spec.get("groups") or [])
         cn = csrs.common_name(req)
         try:
             if signer == csrs.KUBELET_CLIENT:
@@ -152,11 +165,36 @@ class CSRApprovingController(Controller):
         except csrs.CSRError:
             return None
         if signer == csrs.KUBELET_CLIENT:
-            if username == cn and csrs.NODES_GROUP in groups:
-                return "Auto approving the renewal of a node's own client certificate."
-            if BOOTSTRAPPERS in groups or "system:masters" in groups:
-                return "Auto approving a node client certificate asked for with a bootstrap token."
+            # As upstream's recognizers, in order: a node's own renewal first, then any node client request.
+            for subresource, message in NODE_CLIENT_PERMISSIONS:
+                if subresource == "selfnodeclient" and username != cn:
+                    continue
+                if await self.allowed(spec, subresource):
+                    return message
+            log.debug("csr %s: a node client certificate request, but %s may not create "
+                      "certificatesigningrequests/nodeclient or selfnodeclient",
+                      (csr.get("metadata") or {}).get("name"), username)
             return None
+        return self._serving_decision(username, set(spec.get("groups") or []), cn, req)
+
+    async def allowed(self, spec: Obj, subresource: str) -> bool:
+        """Whether the CSR's requester may create certificatesigningrequests/<subresource>: a
+        SubjectAccessReview for them, as upstream's approver asks the authorizer."""
+        user, groups = spec.get("username") or "", list(spec.get("groups") or [])
+        if not user and not groups:
+            return False
+        review_spec: Obj = {"user": user, "groups": groups, "resourceAttributes": {
+            "group": "certificates.k8s.io", "version": "*", "resource": CSR_PLURAL,
+            "subresource": subresource, "verb": "create"}}
+        if spec.get("uid"):
+            review_spec["uid"] = spec["uid"]
+        if spec.get("extra"):
+            review_spec["extra"] = spec["extra"]
+        review = await self.client.request("POST", SUBJECT_ACCESS_REVIEWS, body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": review_spec})
+        return isinstance(review, dict) and (review.get("status") or {}).get("allowed") is True
+
+    def _serving_decision(self, username: str, groups: set[str], cn: str, req: Any) -> str | None:
         if username != cn or csrs.NODES_GROUP not in groups:
             return None
         node = self.nodes.get(cn[len(csrs.NODE_PREFIX):])
@@ -175,7 +213,7 @@ class CSRApprovingController(Controller):
         cur = self.csrs.get(key)
         if cur is None or csrs.has_certificate(cur) or csrs.is_approved(cur) or csrs.is_denied(cur):
             return
-        message = self.decide(cur)
+        message = await self.decide(cur)
         if message is None:
             return
         obj = copy.deepcopy(cur)

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kybernetes.api import certificates as csrs
+from kybernetes.api.errors import StatusError
 from kybernetes.apiserver.http import TokenAuth, serve, server_ssl_context
 from kybernetes.apiserver.pki import (
     PKI,
@@ -32,6 +33,7 @@ from kybernetes.apiserver.pki import (
 )
 from kybernetes.apiserver.server import APIServer
 from kybernetes.client import Client
+from kybernetes.client.informer import SharedInformers
 from kybernetes.controllers.certificates import (
     BootstrapSigner,
     CSRApprovingController,
@@ -39,6 +41,7 @@ from kybernetes.controllers.certificates import (
     CSRSigningController,
     TokenCleaner,
 )
+from kybernetes.controllers.manager import SA_GROUPS, SA_PREFIX
 from kybernetes.kubelet import bootstrap
 
 from .conftest import call, eventually, start_api, stop_api
@@ -400,14 +403,31 @@ def test_issue_follows_request_and_usages(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[tuple[APIServer, PKI]]:
-    """An API server with the approving and signing controllers running."""
+    """An API server with RBAC and its default policy, and the approving and signing controllers running
+    as the controller manager runs them: as the certificate-controller service account, reading through
+    informers shared under the manager's own identity."""
     pki = PKI(tmp_path / "pki")
     pki.ensure(["127.0.0.1", "localhost"])
-    api = await start_api(tmp_path)
-    client = Client.in_process(api.handle)
-    ctrls = [CSRApprovingController(client),
-             CSRSigningController(client, pki.ca_cert.read_bytes(), pki.ca_key.read_bytes()),
-             BootstrapSigner(client), TokenCleaner(client), CSRCleaner(client)]
+    api = await start_api(tmp_path, authorization_mode="RBAC")
+    # Users of group "dev" may ask for certificates (as system:node-bootstrapper lets one), nothing more.
+    code, out = await call(api, "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+        "metadata": {"name": "dev-csr"}, "subjects": [{"kind": "Group", "name": "dev"}],
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "system:node-bootstrapper"}})
+    assert code == 201, out
+    manager = Client.in_process(api.handle, user="system:kube-controller-manager", groups=("system:authenticated",))
+    shared = SharedInformers(manager)
+    clients: list[Client] = []
+
+    def as_(account: str) -> Client:
+        c = Client.in_process(api.handle, user=SA_PREFIX + account, groups=SA_GROUPS)
+        c.shared_informers = shared
+        clients.append(c)
+        return c
+    certs = as_("certificate-controller")
+    ctrls = [CSRApprovingController(certs),
+             CSRSigningController(certs, pki.ca_cert.read_bytes(), pki.ca_key.read_bytes()),
+             BootstrapSigner(as_("bootstrap-signer")), TokenCleaner(as_("token-cleaner")), CSRCleaner(certs)]
     for c in ctrls:
         await c.start()
     try:
@@ -415,7 +435,8 @@ async def cluster(tmp_path: Path) -> AsyncIterator[tuple[APIServer, PKI]]:
     finally:
         for c in ctrls:
             await c.stop()
-        await client.close()
+        for c in (*clients, manager):
+            await c.close()
         await stop_api(api)
 
 
@@ -439,6 +460,7 @@ async def test_node_client_csr_from_bootstrapper_is_approved_and_signed(cluster)
     obj = await _issued(api, "node-csr-1")
     cond = next(x for x in obj["status"]["conditions"] if x["type"] == "Approved")
     assert cond["reason"] == "AutoApproved" and cond["status"] == "True"
+    assert cond["message"] == "Auto approving kubelet client certificate after SubjectAccessReview."
     cert = x509.load_pem_x509_certificate(base64.b64decode(obj["status"]["certificate"]))
     cert.verify_directly_issued_by(pki.load_ca()[0])
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:n1"
@@ -454,7 +476,10 @@ async def test_renewal_by_the_node_itself_is_approved_others_are_not(cluster) ->
     api, _ = cluster
     node = _as(api, "system:node:n1", "system:nodes")
     await node.request("POST", CSR_PATH, body=csr("renew"))
-    assert (await _issued(api, "renew"))["status"]["certificate"]
+    obj = await _issued(api, "renew")
+    assert obj["status"]["certificate"]
+    cond = next(x for x in obj["status"]["conditions"] if x["type"] == "Approved")
+    assert cond["message"] == "Auto approving self kubelet client certificate after SubjectAccessReview."
     # Another node may not ask for n1's certificate; an ordinary user may not ask for a node's.
     other = _as(api, "system:node:n2", "system:nodes")
     await other.request("POST", CSR_PATH, body=csr("steal"))
@@ -468,6 +493,87 @@ async def test_renewal_by_the_node_itself_is_approved_others_are_not(cluster) ->
         assert not (obj.get("status") or {}).get("conditions"), obj
     for c in (node, other, alice):
         await c.close()
+
+
+async def test_node_client_approval_asks_a_subject_access_review(tmp_path: Path) -> None:
+    """What the approver decides is what RBAC answers for the requester, as upstream's sarApprover."""
+    api = await start_api(tmp_path, authorization_mode="RBAC")
+    client = Client.in_process(api.handle, user=SA_PREFIX + "certificate-controller", groups=SA_GROUPS)
+    approver = CSRApprovingController(client)  # not started: decide() is called directly
+    reviews: list[tuple[dict, bool]] = []
+    send = client.request
+
+    async def recording(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        out = await send(method, path, *args, **kwargs)
+        if path.endswith("/subjectaccessreviews"):
+            reviews.append((kwargs["body"]["spec"], out["status"]["allowed"]))
+        return out
+    client.request = recording  # type: ignore[method-assign]
+
+    def asked(name: str, user: str, *groups: str, **spec: Any) -> dict:
+        obj = csr(name, **spec)
+        obj["spec"].update(username=user, groups=[*groups, "system:authenticated"])
+        return obj
+
+    def tried() -> list[tuple[str, bool]]:
+        out = [(r["resourceAttributes"]["subresource"], allowed) for r, allowed in reviews]
+        reviews.clear()
+        return out
+    nodeclient = "Auto approving kubelet client certificate after SubjectAccessReview."
+    selfnodeclient = "Auto approving self kubelet client certificate after SubjectAccessReview."
+    try:
+        # A bootstrap token's request: not the node itself, so only nodeclient is asked, for the requester.
+        boot = asked("boot", "system:bootstrap:abcdef", "system:bootstrappers", uid="u-1",
+                     extra={"authentication.kubernetes.io/credential-id": ["X509SHA256=ab"]})
+        assert await approver.decide(boot) == nodeclient
+        [(review, allowed)] = reviews
+        assert review == {"user": "system:bootstrap:abcdef", "uid": "u-1",
+                          "groups": ["system:bootstrappers", "system:authenticated"],
+                          "extra": {"authentication.kubernetes.io/credential-id": ["X509SHA256=ab"]},
+                          "resourceAttributes": {"group": "certificates.k8s.io", "version": "*",
+                                                 "resource": "certificatesigningrequests",
+                                                 "subresource": "nodeclient", "verb": "create"}}
+        assert allowed and tried() == [("nodeclient", True)]
+        # A node renewing its own certificate: selfnodeclient, granted to system:nodes.
+        renew = asked("renew", "system:node:n1", "system:nodes")
+        assert await approver.decide(renew) == selfnodeclient and tried() == [("selfnodeclient", True)]
+        # Another node asking for n1's, a user in no bound group: refused by the authorizer.
+        assert await approver.decide(asked("steal", "system:node:n2", "system:nodes")) is None
+        assert tried() == [("nodeclient", False)]
+        alice = asked("alice", "alice", "dev")
+        assert await approver.decide(alice) is None and tried() == [("nodeclient", False)]
+        # Not a node client certificate request at all: no review asked.
+        assert await approver.decide(asked("plain", "alice", "dev", signer=csrs.KUBE_APISERVER_CLIENT)) is None
+        bad_usages = asked("usages", "system:bootstrap:abcdef", "system:bootstrappers",
+                           usages=("digital signature", "server auth"))
+        assert await approver.decide(bad_usages) is None and tried() == []
+        # RBAC, not a group list, decides: bind nodeclient to alice and she may; unbind selfnodeclient
+        # from the nodes and a renewal is no longer approved (nodeclient tried after it, refused too).
+        code, out = await call(api, "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+            "metadata": {"name": "alice-nodeclient"}, "subjects": [{"kind": "User", "name": "alice"}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:certificates.k8s.io:certificatesigningrequests:nodeclient"}})
+        assert code == 201, out
+        assert await eventually(lambda: approver.decide(alice), timeout=5) == nodeclient
+        reviews.clear()
+        code, out = await call(api, "DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/"
+                                              "kybernetes:node-autoapprove-certificate-rotation")
+        assert code == 200, out
+
+        async def refused() -> bool:
+            reviews.clear()
+            return await approver.decide(renew) is None
+        await eventually(refused, timeout=5)
+        assert tried() == [("selfnodeclient", False), ("nodeclient", False)]
+        # The review is asked as the controller: an identity that may not create one gets Forbidden.
+        nobody = CSRApprovingController(Client.in_process(api.handle, user="alice", groups=("dev",)))
+        with pytest.raises(StatusError) as e:
+            await nobody.decide(boot)
+        assert e.value.code == 403 and "subjectaccessreviews" in e.value.message
+        await nobody.client.close()
+    finally:
+        await client.close()
+        await stop_api(api)
 
 
 async def test_manual_approval_signs_and_denial_does_not(cluster) -> None:
