@@ -21,8 +21,9 @@ may list and watch Secrets of type ``kubernetes.io/tls`` (only with that
 field selector). It still cannot read any other Secret of a pod elsewhere.
 
 The relationships are read from the watch cache at the time of the request:
-pods by their ``spec.nodeName`` field (no decoding for pods elsewhere), then
-only the matching pods' specs.
+the node's pods from the cache's ``spec.nodeName`` index (pods elsewhere are
+never looked at), and what each refers to is worked out once per version of
+the pod and kept with its cache entry.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import orjson
 
 from .bootstrappolicy import node_rules
 from .rbac import compile_rules, rules_allow
-from .watchcache import WatchCache
+from .watchcache import Entry, ResourceCache, WatchCache
 
 Obj = dict[str, Any]
 
@@ -99,6 +100,13 @@ def pod_references(pod: Obj) -> dict[str, set[str]]:
     return refs
 
 
+def _references(e: Entry) -> dict[str, set[str]]:
+    try:
+        return pod_references(orjson.loads(e.raw))
+    except orjson.JSONDecodeError:
+        return {}
+
+
 def _containers(spec: Obj) -> Iterator[Obj]:
     for key in ("initContainers", "containers", "ephemeralContainers"):
         yield from _dicts(spec.get(key))
@@ -113,15 +121,17 @@ class NodeAuthorizer:
         self.cache = cache
         self.rules = compile_rules(node_rules())
 
+    def _entries_on(self, node: str, namespace: str) -> list[Entry]:
+        entries = self.cache.cache(PODS_PREFIX).index("spec.nodeName", node)
+        return [e for e in entries if e.namespace == namespace] if namespace else entries
+
     def pods_on(self, node: str, namespace: str) -> Iterator[Obj]:
         """The pods bound to ``node`` in ``namespace`` ("" for every namespace), decoded."""
-        c = self.cache.cache(PODS_PREFIX)
-        for e in c.entries(namespace or None):
-            if e.fields.get("spec.nodeName") == node:
-                try:
-                    yield orjson.loads(e.raw)
-                except orjson.JSONDecodeError:
-                    continue
+        for e in self._entries_on(node, namespace):
+            try:
+                yield orjson.loads(e.raw)
+            except orjson.JSONDecodeError:
+                continue
 
     def related(self, node: str, resource: str, namespace: str, name: str) -> bool:
         """Does a pod bound to ``node`` refer to this object?"""
@@ -132,7 +142,8 @@ class NodeAuthorizer:
             ref = _d(_d(orjson.loads(e.raw).get("spec")).get("claimRef"))
             ns, claim = ref.get("namespace") or "", ref.get("name") or ""
             return bool(ns and claim) and self.related(node, "persistentvolumeclaims", ns, claim)
-        return any(name in pod_references(p).get(resource, ()) for p in self.pods_on(node, namespace))
+        return any(name in ResourceCache.derive(e, "references", _references).get(resource, ())
+                   for e in self._entries_on(node, namespace))
 
     def authorize(self, user: str, groups: tuple[str, ...], attributes: Obj, resource: bool) -> tuple[bool, str]:
         node = node_name(user, groups) if isinstance(user, str) and isinstance(groups, tuple) else None

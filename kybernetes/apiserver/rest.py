@@ -33,7 +33,7 @@ from ..api.schema import decode_error, get_schema
 from ..api.selectors import selector_string, FieldSelector, LabelSelector, supported_fields
 from ..storage.base import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionConflict, Store
 from .admission import Admission
-from .watchcache import Entry, Watcher, WatchCache, make_entry, splice_rv
+from .watchcache import Entry, ResourceCache, Watcher, WatchCache, make_entry, splice_rv
 
 log = logging.getLogger("kybernetes.rest")
 
@@ -376,7 +376,7 @@ class REST:
             # (and the one later pages read the store at).
             rev = self.cache.rv
         c = self.cache.cache(kind.storage_prefix)
-        entries = c.entries(ns if kind.namespaced else None)
+        entries = _candidates(c, ns if kind.namespaced else None, opts)
         if match is not None:
             entries = [e for e in entries if match(e)]
         entries.sort(key=lambda e: e.key)
@@ -397,7 +397,8 @@ class REST:
         prefix = kind.prefix(ns if kind.namespaced else None)
         out: list[Entry] = []
         start_key = start or prefix
-        fields_fn = self.cache.cache(kind.storage_prefix).fields_fn
+        cached = self.cache.cache(kind.storage_prefix)
+        fields_fn, current = cached.fields_fn, cached.objects
         while True:
             try:
                 kvs, read_rev, more = await self.store.list(prefix, revision=rev, limit=opts.limit or 0,
@@ -415,7 +416,10 @@ class REST:
                                   "the first chunk was returned and now may show up in the list.") from None
             rev = rev or read_rev
             for kv in kvs:
-                e = make_entry(kv, kv.mod_revision, fields_fn)
+                # An object unchanged since the page's revision is the cache's entry, already decoded.
+                e = current.get(kv.key)
+                if e is None or e.rv != kv.mod_revision:
+                    e = make_entry(kv, kv.mod_revision, fields_fn)
                 if match is None or match(e):
                     out.append(e)
             if not more:
@@ -482,7 +486,7 @@ class REST:
                 if not await self.cache.wait_for(want, 3.0):
                     raise _too_large(want, self.cache.rv)
             c.watchers.add(w)
-            for e in sorted(c.entries(ns_filter), key=lambda e: e.key):
+            for e in sorted(_candidates(c, ns_filter, opts), key=lambda e: e.key):
                 if match(e):
                     initial.append(b'{"type":"ADDED","object":' + e.raw + b"}\n")
             if opts.send_initial and opts.bookmarks:
@@ -1064,6 +1068,23 @@ def _too_large(want: int, current: int) -> StatusError:
     return StatusError(504, "Timeout", f"Too large resource version: {want}, current: {current}",
                        {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
                         "retryAfterSeconds": 1})
+
+
+# Selectable fields the watch cache keeps an index of, as upstream's watch cache indexes pods by node:
+# every kubelet lists and watches its own pods with spec.nodeName=<node>.
+INDEXED_FIELDS = ("spec.nodeName",)
+
+
+def _candidates(c: ResourceCache, ns: str | None, opts: ListOptions) -> list[Entry]:
+    """The entries a list or watch must look at: the namespace's, or fewer when a field
+    selector pins an indexed field (the filter still decides)."""
+    if not opts.field.empty:
+        for field in INDEXED_FIELDS:
+            value = opts.field.value_for(field)
+            if value is not None:
+                found = c.index(field, value)
+                return [e for e in found if e.namespace == ns] if ns else found
+    return c.entries(ns)
 
 
 def _continue_token(rev: int, last_key: str) -> str:

@@ -42,7 +42,7 @@ def splice_rv(raw: bytes, rv: int) -> bytes:
 class Entry:
     """One object as the cache holds it."""
 
-    __slots__ = ("fields", "key", "labels", "name", "namespace", "raw", "rv", "uid")
+    __slots__ = ("derived", "fields", "key", "labels", "name", "namespace", "raw", "rv", "uid")
 
     def __init__(self, key: str, raw: bytes, rv: int, namespace: str, name: str, labels: dict[str, str],
                  fields: dict[str, str], uid: str):
@@ -54,6 +54,9 @@ class Entry:
         self.labels = labels
         self.fields = fields
         self.uid = uid
+        # What readers derive from the object and keep with it (see ResourceCache.derive):
+        # an entry is replaced on every change, so nothing kept here is ever stale.
+        self.derived: dict[str, Any] | None = None
 
 
 FieldsFn = Callable[[dict[str, Any]], dict[str, str]]
@@ -169,24 +172,77 @@ class Watcher:
 
 
 class ResourceCache:
-    """Objects and recent events under one storage prefix."""
+    """Objects and recent events under one storage prefix.
+
+    ``objects`` is every object by key; ``by_namespace`` the same per namespace,
+    so that a namespace's list never walks the others; ``index(field, value)``
+    answers "every entry whose selectable field has this value" (pods by
+    spec.nodeName, as upstream's watch cache indexes them) from an index built
+    on first use and kept up to date by every change after it.
+    """
 
     def __init__(self, prefix: str, window: int, fields_fn: FieldsFn | None = None):
         self.prefix = prefix
         self.objects: dict[str, Entry] = {}
+        self.by_namespace: dict[str, dict[str, Entry]] = {}
+        self._indexes: dict[str, dict[str, dict[str, Entry]]] = {}
         self.events: deque[CacheEvent] = deque(maxlen=window)
         # Events older than this revision are not in the window.
         self.oldest_rv = 0
         self.watchers: set[Watcher] = set()
         self.fields_fn = fields_fn
 
+    def put(self, entry: Entry) -> None:
+        old = self.objects.get(entry.key)
+        if old is not None:
+            self._unindex(old)
+        self.objects[entry.key] = entry
+        self.by_namespace.setdefault(entry.namespace, {})[entry.key] = entry
+        for name, index in self._indexes.items():
+            index.setdefault(entry.fields.get(name, ""), {})[entry.key] = entry
+
+    def remove(self, key: str) -> None:
+        old = self.objects.pop(key, None)
+        if old is not None:
+            self._unindex(old)
+
+    def clear(self) -> None:
+        self.objects.clear()
+        self.by_namespace.clear()
+        self._indexes.clear()
+
+    def _unindex(self, entry: Entry) -> None:
+        _discard(self.by_namespace, entry.namespace, entry.key)
+        for name, index in self._indexes.items():
+            _discard(index, entry.fields.get(name, ""), entry.key)
+
+    def index(self, name: str, value: str) -> list[Entry]:
+        """The entries whose selectable field ``name`` (a key of Entry.fields) is ``value``."""
+        index = self._indexes.get(name)
+        if index is None:
+            index = self._indexes[name] = {}
+            for e in self.objects.values():
+                index.setdefault(e.fields.get(name, ""), {})[e.key] = e
+        found = index.get(value)
+        return list(found.values()) if found else []
+
+    @staticmethod
+    def derive(entry: Entry, what: str, fn: Callable[[Entry], Any]) -> Any:
+        """fn(entry), computed once per version of the object and kept with it."""
+        d = entry.derived
+        if d is None:
+            d = entry.derived = {}
+        elif what in d:
+            return d[what]
+        v = d[what] = fn(entry)
+        return v
+
     def apply(self, typ: str, kv: KV, prev_entry: Entry | None) -> CacheEvent:
+        entry = make_entry(kv, kv.mod_revision, self.fields_fn)
         if typ == "DELETED":
-            entry = make_entry(kv, kv.mod_revision, self.fields_fn)
-            self.objects.pop(kv.key, None)
+            self.remove(kv.key)
         else:
-            entry = make_entry(kv, kv.mod_revision, self.fields_fn)
-            self.objects[kv.key] = entry
+            self.put(entry)
         ev = CacheEvent(typ, kv.mod_revision, entry, prev_entry)
         if len(self.events) == self.events.maxlen:
             self.oldest_rv = self.events[0].rv
@@ -209,9 +265,17 @@ class ResourceCache:
 
     def entries(self, namespace: str | None) -> list[Entry]:
         if namespace:
-            p = self.prefix + namespace + "/"
-            return [e for k, e in self.objects.items() if k.startswith(p)]
+            found = self.by_namespace.get(namespace)
+            return list(found.values()) if found else []
         return list(self.objects.values())
+
+
+def _discard(index: dict[str, dict[str, Entry]], value: str, key: str) -> None:
+    bucket = index.get(value)
+    if bucket is not None:
+        bucket.pop(key, None)
+        if not bucket:
+            del index[value]
 
 
 class WatchCache:
@@ -251,7 +315,7 @@ class WatchCache:
         self.base_rv = rev
         for kv in kvs:
             c = self.cache(self.prefix_of(kv.key))
-            c.objects[kv.key] = make_entry(kv, kv.mod_revision, c.fields_fn)
+            c.put(make_entry(kv, kv.mod_revision, c.fields_fn))
         self.rv = rev
         for c in self.caches.values():
             c.oldest_rv = rev
@@ -296,12 +360,12 @@ class WatchCache:
         for c in self.caches.values():
             for w in list(c.watchers):
                 w.close()
-            c.objects.clear()
+            c.clear()
             c.events.clear()
         self.base_rv = rev
         for kv in kvs:
             c = self.cache(self.prefix_of(kv.key))
-            c.objects[kv.key] = make_entry(kv, kv.mod_revision, c.fields_fn)
+            c.put(make_entry(kv, kv.mod_revision, c.fields_fn))
         for c in self.caches.values():
             c.oldest_rv = rev
         self._advance(rev)

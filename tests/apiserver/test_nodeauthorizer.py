@@ -174,3 +174,25 @@ def test_forbidden_labels() -> None:
     assert not forbidden_label("kubernetes.io/hostname")
     assert not forbidden_label("kubelet.kubernetes.io/x")
     assert not forbidden_label("example.com/team") and not forbidden_label("team")
+
+
+async def test_relationships_follow_the_pods_changes(api: APIServer) -> None:
+    """What a node may read is worked out per version of a pod: a new pod, a pod deleted and
+    a pod bound elsewhere change the answer at once."""
+    s2 = "/api/v1/namespaces/default/secrets/s2"
+    assert (await as_node(api, N1, "GET", s2))[0] == 403
+    code, body = await call(api, "POST", "/api/v1/namespaces/default/pods",
+                            pod("p3", "n1", volumes=[{"name": "v", "secret": {"secretName": "s2"}}]))
+    assert code == 201, body
+    await api.cache.fresh()
+    assert (await as_node(api, N1, "GET", s2))[0] == 200
+    assert (await call(api, "DELETE", "/api/v1/namespaces/default/pods/p3", {"gracePeriodSeconds": 0}))[0] == 200
+    await api.cache.fresh()
+    assert (await as_node(api, N1, "GET", s2))[0] == 403
+    # p2 (on n2) names s2; deleted and made again on n1, it moves the relationship with it.
+    assert (await call(api, "DELETE", "/api/v1/namespaces/default/pods/p2", {"gracePeriodSeconds": 0}))[0] == 200
+    await call(api, "POST", "/api/v1/namespaces/default/pods",
+               pod("p2", "n1", volumes=[{"name": "v", "secret": {"secretName": "s2"}}]))
+    await api.cache.fresh()
+    assert (await as_node(api, N1, "GET", s2))[0] == 200
+    assert (await as_node(api, N2, "GET", s2))[0] == 403
