@@ -15,6 +15,7 @@ are kept as; ``kybernetes.api.conversion`` converts between them.
 
 from __future__ import annotations
 
+from functools import cached_property
 from dataclasses import dataclass, field
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
@@ -44,27 +45,27 @@ class Kind:
     verbs: tuple[str, ...] = ALL_VERBS
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
-    @property
+    @cached_property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    @property
+    @cached_property
     def singular(self) -> str:
         return self.kind.lower()
 
-    @property
+    @cached_property
     def list_kind(self) -> str:
         return self.kind + "List"
 
-    @property
+    @cached_property
     def storage_prefix(self) -> str:
         return "/registry/" + (self.storage or self.plural) + "/"
 
-    @property
+    @cached_property
     def stored_api_version(self) -> str:
         return self.storage_version or self.api_version
 
-    @property
+    @cached_property
     def group_resource(self) -> str:
         """'deployments.apps' or 'pods': the name upstream uses in messages."""
         return f"{self.plural}.{self.group}" if self.group else self.plural

@@ -99,13 +99,22 @@ def _remove_factors(n: int, base: int) -> tuple[int, int]:
     return (-n if neg else n), times
 
 
+# Parsed quantity strings: a pod's few distinct values ("100m", "64Mi") are parsed once, not on
+# every create. Quantities are immutable, so one instance serves every caller. Bounded in entries
+# and in the length of what is kept.
+_PARSED: dict[str, Quantity] = {}
+_PARSED_MAX = 4096
+_PARSED_MAX_LEN = 64
+
+
 @total_ordering
 class Quantity:
     """An exact resource quantity with the format used to print it."""
 
-    __slots__ = ("format", "value_exact")
+    __slots__ = ("_str", "format", "value_exact")
 
     def __init__(self, value: Fraction | int | str = 0, format: str = DECIMAL_SI):
+        self._str: str | None = None
         if isinstance(value, str):
             q = Quantity.parse(value)
             self.value_exact, self.format = q.value_exact, q.format
@@ -129,6 +138,18 @@ class Quantity:
             s = repr(s)
         if not isinstance(s, str):
             raise ValueError(FORMAT_ERROR)  # noqa: TRY004
+        q = _PARSED.get(s)
+        if q is not None:
+            return q
+        q = cls._parse_string(s)
+        if len(s) <= _PARSED_MAX_LEN:
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[s] = q
+        return q
+
+    @classmethod
+    def _parse_string(cls, s: str) -> Quantity:
         positive, num, denom, suffix = _split(s)
         base, exponent, fmt = _interpret(suffix)
         value = Fraction(int(num or "0") * 10 ** len(denom) + int(denom or "0"), 10 ** len(denom))
@@ -166,6 +187,13 @@ class Quantity:
     # --- canonical string ------------------------------------------------------------------------------
 
     def __str__(self) -> str:
+        # Quantities never change once made, so the canonical form is worked out once.
+        s = self._str
+        if s is None:
+            s = self._str = self._canonical()
+        return s
+
+    def _canonical(self) -> str:
         v = self.value_exact
         if v == 0:
             return "0"

@@ -586,8 +586,10 @@ def annotate(key: str, value: str) -> None:
 
 def record_authorization(allowed: bool, reason: str = "") -> None:
     """The authorizer's answer, as upstream's authorization filter annotates the event."""
-    annotate(DECISION_ANNOTATION, "allow" if allowed else "forbid")
-    annotate(REASON_ANNOTATION, reason)
+    ev = _current.get()
+    if ev is not None:
+        ev.annotate(DECISION_ANNOTATION, "allow" if allowed else "forbid")
+        ev.annotate(REASON_ANNOTATION, reason)
 
 
 # ------------------------------------------------------------------ backends and the writer

@@ -329,7 +329,15 @@ class REST:
     # ---------------------------------------------------------------- read
 
     async def get(self, kind: Kind, ns: str | None, name: str) -> bytes:
-        kv = await self.store.get(kind.key(ns, name))
+        key = kind.key(ns, name)
+        if self.cache.rv >= await self.store.current_revision():
+            # The cache has seen every write the store has acknowledged, so it holds what a
+            # read of the store would return now (as upstream's consistent reads from cache).
+            e = self.cache.cache(kind.storage_prefix).objects.get(key)
+            if e is None:
+                raise errors.not_found(kind.plural, kind.group, name)
+            return self._to_served(kind, e.raw)
+        kv = await self.store.get(key)
         if kv is None:
             raise errors.not_found(kind.plural, kind.group, name)
         return self._respond_obj(kind, kv.value, kv.mod_revision)

@@ -66,6 +66,10 @@ def _status_ok(details: dict[str, Any] | None = None) -> bytes:
     return orjson.dumps(body)
 
 
+# API groups served by code of their own rather than by REST storage.
+_OWN_GROUPS = frozenset((sa_api.GROUP, authz_api.GROUP, metrics_api.GROUP))
+
+
 class APIServer:
     def __init__(self, store: Store, *, registry: Registry | None = None,
                  service_cidr: str | Sequence[str] = DEFAULT_SERVICE_CIDR,
@@ -228,6 +232,8 @@ class APIServer:
     async def _route(self, req: Request) -> Response:
         info = req.info
         assert info is not None, "the request info filter runs first"
+        if info.is_resource and info.group not in _OWN_GROUPS:
+            return await self._resource(req, info)
         segs = info.segments
         if len(segs) >= 2 and segs[0] == "apis":
             # Groups served by code of their own rather than by REST storage.

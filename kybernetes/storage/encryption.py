@@ -489,6 +489,8 @@ class EncryptedStore(Store):
         self.config = config
         self.resource_of = resource_of or registry_resolver()
         self._by_resource: dict[str | None, Transformer] = {None: IDENTITY}
+        # Storage prefix ("/registry/pods/") -> its transformer: one dict lookup per read or write.
+        self._by_prefix: dict[str, Transformer] = {}
 
     def __getattr__(self, name: str) -> Any:
         # Backend extras (SqliteStore.check, .path) stay reachable through the wrapper.
@@ -497,10 +499,16 @@ class EncryptedStore(Store):
         return getattr(self.inner, name)
 
     def transformer(self, key: str) -> Transformer:
-        gr = self.resource_of(key)
-        t = self._by_resource.get(gr)
+        i = key.find("/", 10)  # the storage prefix: "/registry/<resource>/"
+        prefix = key[: i + 1] if i > 0 else key
+        t = self._by_prefix.get(prefix)
         if t is None:
-            t = self._by_resource[gr] = self.config.transformer_for(gr)  # type: ignore[arg-type]
+            gr = self.resource_of(key)
+            t = self._by_resource.get(gr)
+            if t is None:
+                t = self._by_resource[gr] = self.config.transformer_for(gr)  # type: ignore[arg-type]
+            if gr is not None:  # a kind not known yet (a custom resource to come) is looked up again
+                self._by_prefix[prefix] = t
         return t
 
     def _open(self, kv: KV) -> KV:

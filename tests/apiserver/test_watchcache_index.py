@@ -118,3 +118,31 @@ async def test_pages_see_the_listed_revision_though_objects_change(api: APIServe
     p2 = rest["items"][0]
     assert "labels" not in p2["metadata"] and int(p2["metadata"]["resourceVersion"]) <= int(rv)
     assert rest["metadata"]["resourceVersion"] == rv
+
+
+async def test_gets_read_the_cache_only_when_it_has_every_write(api: APIServer, monkeypatch) -> None:
+    """A get is the store's answer: from the cache once it has seen every acknowledged write,
+    from the store while it lags (a write just acknowledged is never missed)."""
+    await api.cache.fresh()
+    store_reads = []
+    inner_get = api.store.get
+
+    async def counting_get(key):
+        store_reads.append(key)
+        return await inner_get(key)
+    monkeypatch.setattr(api.store, "get", counting_get)
+    code, body = await call(api, "GET", "/api/v1/namespaces/a/pods/p1")
+    assert code == 200 and body["metadata"]["name"] == "p1" and store_reads == []
+    code, _ = await call(api, "GET", "/api/v1/namespaces/a/pods/nope")
+    assert code == 404 and store_reads == []
+    for i in range(20):
+        code, patched = await call(api, "PATCH", "/api/v1/namespaces/a/pods/p1",
+                                   {"metadata": {"labels": {"n": str(i)}}},
+                                   content_type="application/merge-patch+json")
+        assert code == 200
+        code, body = await call(api, "GET", "/api/v1/namespaces/a/pods/p1")
+        assert body["metadata"]["labels"]["n"] == str(i)
+        assert body["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"]
+    code, _ = await call(api, "DELETE", "/api/v1/namespaces/a/pods/p2", {"gracePeriodSeconds": 0})
+    assert code == 200
+    assert (await call(api, "GET", "/api/v1/namespaces/a/pods/p2"))[0] == 404
