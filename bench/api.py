@@ -102,6 +102,71 @@ async def bench_floor(pki: Path, client_ssl: ssl.SSLContext, n: int, conc: int) 
         proc.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+TABLE_ACCEPT = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+
+
+async def client_side_lists(s: aiohttp.ClientSession, url: str, pid: int) -> dict[str, float]:
+    """Full lists of every pod as clients see them, once the server has settled (the scheduler and
+    kubelet done with the new pods): the medians of 5 runs of each."""
+    import gc
+    import json
+    t0 = time.perf_counter()
+    prev = cpu_seconds(pid)
+    for _ in range(180):
+        await asyncio.sleep(1)
+        cur = cpu_seconds(pid)
+        if cur - prev < 0.1:
+            break
+        prev = cur
+    out = {"settle_s": time.perf_counter() - t0}
+
+    async def timed(decode, gc_off: bool = False) -> float:
+        runs = []
+        for _ in range(5):
+            if gc_off:
+                gc.disable()
+            try:
+                t = time.perf_counter()
+                async with s.get(url + "/api/v1/pods") as r:
+                    body = await r.read()
+                if decode is not None:
+                    decode(body)
+                runs.append((time.perf_counter() - t) * 1000)
+            finally:
+                gc.enable()
+        out["list_mb"] = len(body) / 1e6
+        return statistics.median(runs)
+
+    out["list_wire_ms"] = await timed(None)
+    out["list_json_ms"] = await timed(json.loads)
+    out["list_json_nogc_ms"] = await timed(json.loads, True)
+    out["list_orjson_ms"] = await timed(orjson.loads)
+    out["list_orjson_nogc_ms"] = await timed(orjson.loads, True)
+
+    async def pages(accept: str) -> float:
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            cont = ""
+            while True:
+                params = {"limit": "500", **({"continue": cont} if cont else {})}
+                async with s.get(url + "/api/v1/pods", params=params, headers={"Accept": accept}) as r:
+                    page = orjson.loads(await r.read())
+                cont = page["metadata"].get("continue") or ""
+                if not cont:
+                    break
+            runs.append((time.perf_counter() - t) * 1000)
+        return statistics.median(runs)
+    out["table_pages_ms"] = await pages(TABLE_ACCEPT)
+    out["json_pages_ms"] = await pages("application/json")
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pods", type=int, default=10000)
@@ -111,6 +176,9 @@ async def main() -> None:
     ap.add_argument("--disable", default="controllers,scheduler,kubelet",
                     help="components kyb server leaves out (default: measure the API server alone, as "
                          "kube-apiserver is measured); '' runs the whole single-node control plane")
+    ap.add_argument("--client-side", action="store_true",
+                    help="also time full lists from outside once the server is idle: with the client's JSON "
+                         "decode, and in pages of 500 as Table and JSON (what kubectl and informers ask for)")
     a = ap.parse_args()
 
     store = await bench_store(a.pods)
@@ -175,6 +243,8 @@ async def main() -> None:
             results["list_ms"] = statistics.median(lists)
             results["list_items"] = n_items
             results["rss_mb_10k"] = rss_mb(proc.pid)
+            if a.client_side:
+                results.update(await client_side_lists(s, url, proc.pid))
 
         # watch fan-out: N watchers on pods in one namespace, then one update.
         ns = "watchbench"
@@ -237,6 +307,15 @@ async def main() -> None:
     print(f"{'watch delivery p50 / p99 ms':34} {results['watch_p50_ms']:6.1f} / {results['watch_p99_ms']:5.1f}"
           f"   to {int(results['watch_delivered'])} watchers")
     print(f"{'server RSS MB with pods stored':34} {results['rss_mb_10k']:14.0f}")
+    if a.client_side:
+        print(f"full list from outside, once the server is idle ({results['list_mb']:.1f} MB, "
+              f"{results['settle_s']:.0f} s to settle):")
+        for k, what in (("list_wire_ms", "transfer only"), ("list_json_ms", "+ json.loads (stdlib)"),
+                        ("list_json_nogc_ms", "+ json.loads, client GC off"),
+                        ("list_orjson_ms", "+ orjson.loads"), ("list_orjson_nogc_ms", "+ orjson.loads, client GC off"),
+                        ("table_pages_ms", "Table, 500 a page (kubectl get pods -A)"),
+                        ("json_pages_ms", "JSON, 500 a page")):
+            print(f"  {what:44} {results[k]:8.0f} ms")
 
 
 if __name__ == "__main__":

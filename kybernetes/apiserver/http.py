@@ -116,6 +116,8 @@ def server_ssl_context(pki: PKI) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=str(pki.ca_cert))
     # Optional: token-authenticated and anonymous health checks come without one.
     ctx.verify_mode = ssl.CERT_OPTIONAL
+    # A connection keeps the client certificate it began with (peer_identity reads it once).
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     return ctx
 
 

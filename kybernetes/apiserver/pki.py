@@ -25,9 +25,10 @@ import hmac
 import os
 import re
 import secrets
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from cryptography import x509
@@ -300,7 +301,23 @@ def peer_identity(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
     Upstream's x509 authentication: the user is the CN, the groups are the O's.
     """
     sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
-    cert = sslobj.getpeercert() if sslobj is not None else None
+    if sslobj is None:
+        return None
+    # One connection has one client certificate (the server refuses renegotiation), so it is read
+    # once per connection rather than per request.
+    try:
+        return _PEERS[sslobj]
+    except KeyError:
+        pass
+    identity = _identity(sslobj.getpeercert())
+    _PEERS[sslobj] = identity
+    return identity
+
+
+_PEERS: weakref.WeakKeyDictionary[Any, tuple[str, tuple[str, ...]] | None] = weakref.WeakKeyDictionary()
+
+
+def _identity(cert: Any) -> tuple[str, tuple[str, ...]] | None:
     if not cert:
         return None
     cn, orgs = "", []

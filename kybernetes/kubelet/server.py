@@ -501,6 +501,7 @@ def serving_ssl_context(ca_file: str | Path, cert_path: str | Path, key_path: st
     ctx.load_cert_chain(str(cert_path), str(key_path))
     ctx.load_verify_locations(cafile=str(ca_file))
     ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # a connection keeps its client certificate
     return ctx
 
 
