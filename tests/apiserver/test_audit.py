@@ -26,6 +26,7 @@ from kybernetes.apiserver.audit import (
     Audit,
     AuditOptions,
     AuditWriter,
+    BlockingWriter,
     LogBackend,
     PolicyError,
     load_policy,
@@ -601,6 +602,61 @@ async def test_unencodable_event_is_dropped_not_fatal() -> None:
     assert mem.closed
 
 
+class Counting(Memory):
+    """A backend that counts its writes, and fails them while ``fail`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.fail = False
+
+    def write(self, lines: list[bytes]) -> None:
+        if self.fail:
+            raise OSError(28, "No space left on device")
+        self.writes += 1
+        super().write(lines)
+
+
+async def test_blocking_writer_writes_a_turn_of_the_loop_at_once() -> None:
+    """The default mode: on the event loop, the events of one turn in one write, in order."""
+    mem = Counting()
+    w = BlockingWriter(mem)
+    for i in range(50):
+        w.emit({"auditID": str(i)})
+    assert mem.lines == []  # not yet: at the end of this turn
+    await asyncio.sleep(0)
+    assert [orjson.loads(x)["auditID"] for x in mem.lines] == [str(i) for i in range(50)] and mem.writes == 1
+    w.emit({"auditID": "bad", "x": {1}})  # cannot be encoded: dropped, counted
+    mem.fail = True
+    w.emit({"auditID": "lost"})
+    await asyncio.sleep(0)
+    assert w.dropped == 2 and w.written == 50
+    mem.fail = False
+    w.emit({"auditID": "after"})
+    await w.stop()
+    assert orjson.loads(mem.lines[-1])["auditID"] == "after" and mem.closed
+    w.emit({"auditID": "too late"})
+    assert w.dropped == 3
+
+
+async def test_blocking_strict_fails_a_request_whose_first_event_is_lost() -> None:
+    mem = Counting()
+    a = Audit(policy(EVERYTHING), BlockingWriter(mem, strict=True))
+    resp = await chain.build([a], ok)(request("GET", "/api/v1/namespaces/default/configmaps"))
+    assert resp.status == 200 and [orjson.loads(x)["stage"] for x in mem.lines] == [
+        "RequestReceived", "ResponseComplete"]
+    mem.fail = True
+    called = []
+
+    async def handler(req: Request) -> Response:
+        called.append(req)
+        return await ok(req)
+    with pytest.raises(StatusError) as e:
+        await chain.build([a], handler)(request("GET", "/api/v1/namespaces/default/configmaps"))
+    assert e.value.code == 500 and "failed to store audit event" in e.value.message and called == []
+    assert a.dropped == 1
+
+
 # ------------------------------------------------------------------ rotation
 
 
@@ -681,12 +737,20 @@ def test_flags_build_the_filter(tmp_path: Path) -> None:
     assert opts == AuditOptions(str(pf), str(tmp_path / "a.log"), 5, 3, 7, True)
     a = opts.build()
     assert a is not None and isinstance(a.writer.backend, LogBackend)
+    assert isinstance(a.writer, BlockingWriter) and not a.writer.strict  # upstream's default mode
     assert a.writer.backend.max_size == 5 * 1024 * 1024 and a.writer.backend.max_backups == 3
     a.writer.backend.close()
     assert audit.options_from_args(p.parse_args([])).build() is None
     assert AuditOptions(policy_file=str(pf)).build() is None  # no backend: nothing is audited
     with pytest.raises(ValueError, match="--audit-log-maxage must be greater than or equal to 0"):
         AuditOptions(str(pf), "-", log_maxage=-1).build()
+    for mode, writer, strict in (("batch", AuditWriter, None), ("blocking-strict", BlockingWriter, True)):
+        b = audit.options_from_args(p.parse_args(["--audit-policy-file", str(pf), "--audit-log-path", "-",
+                                                  "--audit-log-mode", mode])).build()
+        assert b is not None and isinstance(b.writer, writer) and getattr(b.writer, "strict", None) is strict
+    with pytest.raises(ValueError, match="invalid audit log mode fast, allowed modes are batch, blocking, "
+                                         "blocking-strict"):
+        AuditOptions(str(pf), "-", mode="fast").build()
     pf.write_text("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules: []\n")
     with pytest.raises(PolicyError, match="no rules"):
         AuditOptions(str(pf), "-").build()
