@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..api.pods import is_pod_ready, pod_condition  # noqa: F401 - is_pod_ready is part of this module's API
-from ..api.selectors import InvalidSelector, from_label_selector_object
+from ..api.selectors import InvalidSelector, LabelSelector, from_label_selector_object
 from ..api.times import format_time, parse_time  # noqa: F401 - parse_time is part of this module's API
 from ..client import Informer
 
@@ -22,18 +23,23 @@ Obj = dict[str, Any]
 EXPECTATIONS_TTL = 300.0
 
 
-def selecting(owners: Informer, obj: Obj) -> list[Obj]:
-    """The objects in obj's namespace, from owners' cache, whose spec.selector matches obj's labels.
+def _spec_selector(owner: Obj) -> LabelSelector:
+    return from_label_selector_object((owner.get("spec") or {}).get("selector"))
 
-    What an event on an orphan (or on any pod, for PodDisruptionBudgets) concerns. An
-    invalid selector selects nothing.
+
+def selecting(owners: Informer, obj: Obj, selector_of: Callable[[Obj], LabelSelector] = _spec_selector) -> list[Obj]:
+    """The objects in obj's namespace, from owners' cache, whose selector matches obj's labels.
+
+    What an event on an orphan (or on any pod, for PodDisruptionBudgets) concerns.
+    ``selector_of`` compiles an owner's selector (default: spec.selector as a
+    metav1.LabelSelector); an invalid selector selects nothing.
     """
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
     out = []
     for owner in owners.list_by_namespace(meta.get("namespace") or ""):
         try:
-            if from_label_selector_object((owner.get("spec") or {}).get("selector")).matches(labels):
+            if selector_of(owner).matches(labels):
                 out.append(owner)
         except InvalidSelector:
             continue

@@ -36,7 +36,7 @@ from .namespace import NamespaceController
 from .nodeipam import NodeIPAMController
 from .nodelifecycle import NodeLifecycleController
 from .persistentvolume import PersistentVolumeController
-from .replicaset import ReplicaSetController
+from .replicaset import ReplicaSetController, ReplicationManager
 from .resourcequota import ResourceQuotaController
 from .serviceaccount import RootCACertPublisher, ServiceAccountController, TokensController
 from .servicelb import ServiceLBController
@@ -89,7 +89,9 @@ class ControllerManager:
                                               GarbageCollector(as_("generic-garbage-collector"), resources),
                                               ClusterRoleAggregationController(as_("clusterrole-aggregation-controller")),
                                               ResourceQuotaController(as_("resourcequota-controller"), resources),
-                                              ReplicaSetController(as_("replicaset-controller")), DeploymentController(as_("deployment-controller")),
+                                              ReplicaSetController(as_("replicaset-controller")),
+                                              ReplicationManager(as_("replication-controller")),
+                                              DeploymentController(as_("deployment-controller")),
                                               DaemonSetController(as_("daemon-set-controller")), StatefulSetController(as_("statefulset-controller")),
                                               JobController(as_("job-controller")), CronJobController(as_("cronjob-controller")),
                                               DisruptionController(as_("disruption-controller")),

@@ -309,14 +309,22 @@ def _condition(status: Obj, typ: str) -> Obj | None:
 class ReplicaSetController(Controller):
     name = "replicaset"
     workers = 4
+    # The kind of owner this controller keeps; ReplicationManager below keeps ReplicationControllers.
+    owner_api = ("apps/v1", "replicasets")
+    owner_kind = "ReplicaSet"
+
+    @staticmethod
+    def selector_of(owner: Obj) -> LabelSelector:
+        """The owner's compiled selector (InvalidSelector if it is invalid)."""
+        return from_label_selector_object((owner.get("spec") or {}).get("selector"))
 
     def __init__(self, client: Client, *, burst_replicas: int = BURST_REPLICAS):
         super().__init__(client)
         self.burst_replicas = burst_replicas
         self.expectations = Expectations()
-        self.rs_client = client.resource("apps/v1", "replicasets")
+        self.rs_client = client.resource(*self.owner_api)
         self.pod_client = client.resource("v1", "pods")
-        self.replicasets = self.informer("apps/v1", "replicasets")
+        self.replicasets = self.informer(*self.owner_api)
         self.pods = self.informer("v1", "pods")
         self.pods.add_index(CONTROLLER_INDEX, controller_uid_index)
         self.pods.add_index(ORPHAN_INDEX, orphan_namespace_index)
@@ -343,7 +351,8 @@ class ReplicaSetController(Controller):
 
     def _owner_key(self, pod: Obj, ref: Obj | None) -> str | None:
         """The key of the ReplicaSet `ref` names, if it is the one in the cache (same uid)."""
-        if ref is None or ref.get("kind") != "ReplicaSet" or not (ref.get("apiVersion") or "").startswith("apps/"):
+        if ref is None or ref.get("kind") != self.owner_kind or \
+                (ref.get("apiVersion") or "").rpartition("/")[0] != self.owner_api[0].rpartition("/")[0]:
             return None
         ns = (pod.get("metadata") or {}).get("namespace")
         rs = self.replicasets.get_by_name(ref.get("name", ""), ns)
@@ -353,7 +362,7 @@ class ReplicaSetController(Controller):
 
     def _enqueue_matching(self, pod: Obj) -> None:
         """An orphan concerns every ReplicaSet whose selector matches it: one of them may adopt it."""
-        for rs in selecting(self.replicasets, pod):
+        for rs in selecting(self.replicasets, pod, self.selector_of):
             self.enqueue(key_of(rs))
 
     def _pod_added(self, pod: Obj) -> None:
@@ -430,9 +439,9 @@ class ReplicaSetController(Controller):
             return
         spec = rs.get("spec") or {}
         try:
-            selector = from_label_selector_object(spec.get("selector"))
+            selector = self.selector_of(rs)
         except InvalidSelector as e:
-            log.warning("replicaset %s has an invalid selector: %s", key, e)
+            log.warning("%s %s has an invalid selector: %s", self.owner_kind, key, e)
             return
         needs_sync = self.expectations.satisfied(key) and not rs["metadata"].get("deletionTimestamp")
         ns = rs["metadata"].get("namespace") or ""
@@ -450,7 +459,7 @@ class ReplicaSetController(Controller):
                 to_claim.append(p)  # ours but no longer matching: the claim releases it
         to_claim.extend(p for p in self.pods.by_index(ORPHAN_INDEX, ns) if is_pod_active(p))
         if to_claim:
-            owned += await RefManager(self.client, rs, ("apps/v1", "replicasets"), ("v1", "pods"),
+            owned += await RefManager(self.client, rs, self.owner_api, ("v1", "pods"),
                                       selector).claim(to_claim)
         manage_err: Exception | None = None
         diff = 0
@@ -590,3 +599,23 @@ class ReplicaSetController(Controller):
             return None
         # A hair past the boundary, so the availability check is already true.
         return max(min(waits), 0.0) + 0.05
+
+
+class ReplicationManager(ReplicaSetController):
+    """ReplicationControllers: the ReplicaSet controller over the older kind, as upstream runs it.
+
+    A ReplicationController differs only in its selector, a map of labels that
+    must all match (the API defaults it to the template's labels); an empty one
+    selects nothing here.
+    """
+
+    name = "replicationcontroller"
+    owner_api = ("v1", "replicationcontrollers")
+    owner_kind = "ReplicationController"
+
+    @staticmethod
+    def selector_of(owner: Obj) -> LabelSelector:
+        sel = (owner.get("spec") or {}).get("selector")
+        if not isinstance(sel, dict) or not sel:
+            return from_label_selector_object(None)
+        return from_label_selector_object({"matchLabels": sel})
