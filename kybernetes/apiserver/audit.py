@@ -762,6 +762,14 @@ class _Writer:
         self._last_warning = 0.0
         self._unwarned = 0
 
+    def _encode(self, event: dict[str, Any]) -> bytes | None:
+        """The event's JSON line, or None (dropped and counted) if it cannot be encoded."""
+        try:
+            return orjson.dumps(event, option=_ENCODING)
+        except TypeError as e:
+            self._drop(f"cannot encode event {event.get('auditID')}: {e}")
+            return None
+
     def _drop(self, why: str) -> None:
         self.dropped += 1
         self._unwarned += 1
@@ -813,10 +821,8 @@ class AuditWriter(_Writer):
         if len(self._pending) >= self.queue_size:
             self._drop(f"the audit queue is full ({self.queue_size} events)")
             return
-        try:
-            line = orjson.dumps(event, option=_ENCODING)
-        except TypeError as e:
-            self._drop(f"cannot encode event {event.get('auditID')}: {e}")
+        line = self._encode(event)
+        if line is None:
             return
         if self._task is None:
             self.start()
@@ -891,10 +897,8 @@ class BlockingWriter(_Writer):
         if self._closing:
             self._drop("the audit writer is stopped")
             return
-        try:
-            line = orjson.dumps(event, option=_ENCODING)
-        except TypeError as e:
-            self._drop(f"cannot encode event {event.get('auditID')}: {e}")
+        line = self._encode(event)
+        if line is None:
             return
         if self.strict:
             try:
