@@ -162,7 +162,7 @@ async def test_ssl_redirect_by_annotation(env: Env) -> None:
     status, _, headers = await env.get("secure.example:8080", "/a/b?c=d")
     assert status == 308
     assert headers["Location"] == f"https://secure.example:{env.https_port}/a/b?c=d"
-    assert (await env.get("nginx.example", "/"))[0] == 308
+    await env.until("nginx.example", "/", 308)
     # Over TLS the same Ingress is served.
     await env.until("secure.example", "/a", 200, "web", tls=True)
 
