@@ -602,6 +602,7 @@ class REST:
             raise errors.bad_request(f"error decoding YAML: {e}") from None
         if not isinstance(applied, dict):
             raise errors.bad_request("apply patch must be an object")
+        last_applied = _last_applied(applied) if manager == "kubectl" else None
         applied = self._check_type_meta(kind, applied)
         if applied["metadata"].get("name") not in (None, name):
             raise errors.bad_request("the name of the object does not match the name on the URL")
@@ -630,6 +631,13 @@ class REST:
             new = ssa.apply(served, applied, manager=manager, node=node, force=force, now=now_rfc3339(),
                             subresource=subresource, api_version=kind.api_version)
             new.setdefault("metadata", {})["resourceVersion"] = rv
+            annotations = new["metadata"].get("annotations")
+            if last_applied is not None and annotations and LAST_APPLIED in annotations:
+                # As upstream's last-applied updater: kubectl's server-side apply keeps a
+                # client-side apply annotation (if the object has one) equal to what it applied,
+                # so that a later client-side apply diffs against the truth.
+                annotations[LAST_APPLIED] = last_applied
+            self._structural(kind, new, call)
             self._structural(kind, new, call)
             return new
         # The apply itself recorded the manager's fields.
@@ -1021,6 +1029,21 @@ class _WatchStream:
                 return self._conv(self.pending.popleft())
             if self.opts.bookmarks and (self.deadline is None or self.deadline - loop.time() > 0):
                 return self.rest._bookmark(self.kind, self.w.last_rv or self.rest.cache.rv)
+
+
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _last_applied(applied: dict) -> str:
+    """The client-side apply annotation's value for an applied configuration: the configuration
+    as JSON with sorted keys, without that annotation (as upstream's buildLastApplied)."""
+    cfg = copy.deepcopy(applied)
+    meta = cfg.get("metadata")
+    if isinstance(meta, dict) and isinstance(meta.get("annotations"), dict):
+        meta["annotations"].pop(LAST_APPLIED, None)
+        if not meta["annotations"]:
+            del meta["annotations"]
+    return orjson.dumps(cfg, option=orjson.OPT_SORT_KEYS, default=str).decode()
 
 
 def _normalize(kind: Kind, obj: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,27 @@ async def test_concurrent_patches_all_apply(client: Client) -> None:
     await asyncio.gather(*(cms(client).patch("jp", [{"op": "add", "path": f"/data/j{i}", "value": "x"}],
                                              patch_type="json") for i in range(20)))
     assert len((await cms(client).get("jp"))["data"]) == 21
+
+
+async def test_kubectl_server_side_apply_keeps_last_applied_current(client: Client) -> None:
+    """An object made by client-side apply carries last-applied-configuration; kubectl's
+    server-side apply rewrites it to what it applied, other managers leave it alone."""
+    la = "kubectl.kubernetes.io/last-applied-configuration"
+    old_cfg = '{"apiVersion":"v1","data":{"v":"1"},"kind":"ConfigMap","metadata":{"name":"la"}}'
+    await cms(client).create({**cm("la", {"v": "1"}), "metadata": {"name": "la", "annotations": {la: old_cfg}}})
+    cfg = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "la", "labels": {"a": "b"}},
+           "data": {"v": "2"}}
+    out = await cms(client).patch("la", cfg, patch_type="apply", field_manager="other", force=True)
+    assert out["metadata"]["annotations"][la] == old_cfg
+    out = await cms(client).patch("la", cfg, patch_type="apply", field_manager="kubectl", force=True)
+    assert out["data"] == {"v": "2"}
+    assert json.loads(out["metadata"]["annotations"][la]) == cfg
+    # Without the annotation there is nothing to keep current, and none is added.
+    await cms(client).patch("fresh", {**cfg, "metadata": {"name": "fresh"}}, patch_type="apply",
+                            field_manager="kubectl")
+    out = await cms(client).patch("fresh", {**cfg, "metadata": {"name": "fresh"}}, patch_type="apply",
+                                  field_manager="kubectl")
+    assert la not in (out["metadata"].get("annotations") or {})
 
 
 # ---------------------------------------------------------------- 4. subresources
