@@ -15,6 +15,7 @@ from typing import Any
 
 from ..api.errors import StatusError
 from ..client import Client, Informer, QueueShutDown, ResourceClient, WorkQueue
+from ..client.events import EventRecorder, FakeRecorder
 from ..client.informer import informer_for, strip_managed_fields
 
 log = logging.getLogger("kybernetes.controllers")
@@ -31,9 +32,13 @@ class Requeue(Exception):
 class Controller:
     name = "controller"
     workers = 2
+    # The source.component of this controller's Events (upstream's names); "" is "<name>-controller".
+    component = ""
 
     def __init__(self, client: Client):
         self.client = client
+        component = self.component or (self.name if self.name.endswith("-controller") else f"{self.name}-controller")
+        self.recorder: EventRecorder | FakeRecorder = EventRecorder(client, component)
         self.queue = WorkQueue(self.name)
         self.informers: list[Informer] = []
         self._own_informers: list[Informer] = []
@@ -80,6 +85,7 @@ class Controller:
             except (asyncio.CancelledError, Exception):
                 pass
         self._tasks.clear()
+        await self.recorder.close()
         for inf in self._own_informers:
             await inf.stop()
 
