@@ -26,7 +26,8 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from ..api.errors import StatusError
 from ..api.times import format_time
@@ -102,13 +103,14 @@ def object_reference(obj: Obj, field_path: str = "") -> Obj:
 class EventRecorder:
     """Records core/v1 Events about objects for one component (and host, for node components)."""
 
-    def __init__(self, client: Any, component: str, host: str = "", *,
+    def __init__(self, client: Any, component: str, host: str = "", *, instance: str = "",
                  clock: Callable[[], float] = time.time, cache_size: int = CACHE_SIZE,
                  spam_burst: int = SPAM_BURST, spam_refill: float = SPAM_REFILL_SECONDS,
                  queue_size: int = QUEUE_SIZE, retry_delay: float = 1.0):
         self.client = client
         self.component = component
         self.host = host
+        self.instance = instance or host or component
         self.clock = clock
         self.spam_burst = spam_burst
         self.spam_refill = spam_refill
@@ -152,7 +154,7 @@ class EventRecorder:
             return
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.debug("%s: %d events still unwritten", self.component, self._queue.qsize())
 
     async def close(self, timeout: float = 2.0) -> None:
@@ -237,7 +239,7 @@ class EventRecorder:
                     "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": ns},
                     "involvedObject": ref, "reason": reason, "message": message, "type": type_,
                     "source": source, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                    "reportingComponent": self.component, "reportingInstance": self.host or self.component}
+                    "reportingComponent": self.component, "reportingInstance": self.instance}
                 await events.create(body, ns)
                 self._seen.put(key, _Seen(name, ns, 1, now))
                 return

@@ -32,7 +32,7 @@ from ..api.validation import parse_cron
 from ..client import Client
 from .base import Controller, Requeue, key_of
 from .common import controller_ref, owner_reference, parse_time
-from .job import has_condition, is_job_finished, record_event, rfc3339
+from .job import has_condition, is_job_finished, rfc3339
 
 log = logging.getLogger("kybernetes.controllers.cronjob")
 
@@ -273,7 +273,7 @@ class CronJobController(Controller):
             cj = await self.client.resource("batch/v1", "cronjobs").update_status(body)
             self._written[key] = cj
         for etype, reason, message in events:
-            await record_event(self.client, cj, etype, reason, message, "cronjob-controller", now)
+            self.recorder.event(cj, etype, reason, message)
         if sched is not None:
             raise Requeue(after=max(sched.next(now) - now, 0.0) + _REQUEUE_SLACK)
 

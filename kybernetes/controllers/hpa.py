@@ -51,7 +51,7 @@ from ..api.selectors import LabelSelector
 from ..client import Client
 from .base import Controller, Requeue, key_of
 from .common import parse_time
-from .job import record_event, rfc3339
+from .job import rfc3339
 
 log = logging.getLogger("kybernetes.controllers.hpa")
 
@@ -484,6 +484,7 @@ class HorizontalPodAutoscalerController(Controller):
     """Reconciles autoscaling/v2 HorizontalPodAutoscalers against their targets' scale and pod metrics."""
 
     name = "horizontal-pod-autoscaler"
+    component = COMPONENT
 
     def __init__(self, client: Client, *, metrics: MetricsClient | None = None,
                  sync_period: float = DEFAULT_SYNC_PERIOD, tolerance: float = DEFAULT_TOLERANCE,
@@ -533,7 +534,7 @@ class HorizontalPodAutoscalerController(Controller):
         raise Requeue(after=self.sync_period)
 
     async def _event(self, hpa: Obj, etype: str, reason: str, message: str) -> None:
-        await record_event(self.client, hpa, etype, reason, message, COMPONENT, self.clock())
+        self.recorder.event(hpa, etype, reason, message)
 
     # ------------------------------------------------------------------ one round
 

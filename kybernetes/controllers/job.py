@@ -210,25 +210,6 @@ def _set_condition(status: Obj, cond: Obj) -> bool:
     return True
 
 
-async def record_event(client: Client, obj: Obj, etype: str, reason: str, message: str,
-                       component: str, now: float | None = None) -> None:
-    """Best-effort core/v1 Event about obj; a lost event must never fail a reconcile."""
-    meta = obj.get("metadata") or {}
-    ts = rfc3339(now if now is not None else time.time())
-    ev = {"apiVersion": "v1", "kind": "Event",
-          # Named as client-go's recorder names events: object name, a dot, a unique hex suffix.
-          "metadata": {"name": f"{meta.get('name')}.{time.time_ns():x}", "namespace": meta.get("namespace")},
-          "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
-                             "name": meta.get("name"), "namespace": meta.get("namespace"),
-                             "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")},
-          "type": etype, "reason": reason, "message": message, "source": {"component": component},
-          "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}
-    try:
-        await client.resource("v1", "events").create(ev, meta.get("namespace"))
-    except Exception as e:  # noqa: BLE001 - events are advisory
-        log.debug("event %s for %s not recorded: %s", reason, meta.get("name"), e)
-
-
 class JobController(Controller):
     """Reconciles batch/v1 Jobs against the pods they own."""
 
@@ -543,7 +524,7 @@ class JobController(Controller):
         if status != before:
             job = await self._write_status(key, job, status)
         for etype, reason, message in events:
-            await record_event(self.client, job, etype, reason, message, "job-controller", now)
+            self.recorder.event(job, etype, reason, message)
         if is_job_finished(job):
             await self._ttl(key, job)
         elif requeue is not None:

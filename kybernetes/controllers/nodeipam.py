@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +28,6 @@ from ..api.errors import StatusError
 from ..apiserver.ipalloc import Network, net_family, parse_cidrs
 from ..client import Client
 from .base import Controller, Requeue
-from .common import now_rfc3339
 
 log = logging.getLogger("kybernetes.controllers.nodeipam")
 
@@ -115,6 +113,7 @@ class NodeIPAMController(Controller):
     """Assigns spec.podCIDR(s) to Nodes from the cluster CIDRs; see the module docstring."""
 
     name = "node-ipam"
+    component = COMPONENT
 
     def __init__(self, client: Client, cluster_cidrs: str | Sequence[str], *,
                  node_cidr_mask_size_ipv4: int = 24, node_cidr_mask_size_ipv6: int = 64,
@@ -244,17 +243,7 @@ class NodeIPAMController(Controller):
         log.info("node-ipam: node %s pod CIDRs %s", key, ", ".join(strs))
 
     async def _event(self, node: Obj, status: str) -> None:
-        """Upstream's RecordNodeStatusChange: a Warning about the node, in the default namespace."""
-        meta = node.get("metadata") or {}
-        name = meta.get("name") or ""
-        ts = now_rfc3339()
-        ev = {"apiVersion": "v1", "kind": "Event",
-              "metadata": {"name": f"{name}.{time.time_ns():x}", "namespace": "default"},
-              "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": name, "uid": meta.get("uid")},
-              "type": "Warning", "reason": status, "message": f"Node {name} status is now: {status}",
-              "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
-              "firstTimestamp": ts, "lastTimestamp": ts, "count": 1}
-        try:
-            await self.client.resource("v1", "events").create(ev, "default")
-        except Exception as e:  # noqa: BLE001 - events are advisory; a lost one must not fail a sync
-            log.debug("event %s for node %s not recorded: %s", status, name, e)
+        """Upstream's RecordNodeStatusChange: a Warning about the node."""
+        name = (node.get("metadata") or {}).get("name") or ""
+        self.recorder.event({**node, "apiVersion": "v1", "kind": "Node"}, "Warning", status,
+                            f"Node {name} status is now: {status}")

@@ -45,7 +45,6 @@ import copy
 import logging
 import os
 import shutil
-import time
 from typing import Any
 
 from ..api.errors import StatusError
@@ -131,6 +130,7 @@ def _claim_key(ns: str, name: str) -> str:
 
 class PersistentVolumeController(Controller):
     name = "persistentvolume-binder-controller"
+    component = COMPONENT
 
     def __init__(self, client: Client, *, storage_dir: str | None = None, resync_period: float = 15.0,
                  in_use_recheck: float = 1.0):
@@ -156,8 +156,6 @@ class PersistentVolumeController(Controller):
         self.classes_rc = client.resource("storage.k8s.io/v1", "storageclasses", namespaced=False)
         self.nodes_rc = client.resource("v1", "nodes", namespaced=False)
         self.pods_rc = client.resource("v1", "pods")
-        self.events_rc = client.resource("v1", "events")
-        self._event_memory: dict[tuple[str, str], tuple[str, str, int]] = {}
 
     async def start(self) -> None:
         if self.storage_dir is not None:
@@ -186,7 +184,6 @@ class PersistentVolumeController(Controller):
 
     def _claim_deleted(self, claim: Obj) -> None:
         m = _meta(claim)
-        self._forget_events(m.get("uid") or "")
         if _spec(claim).get("volumeName"):
             self.enqueue(_VOLUME + _spec(claim)["volumeName"])
         for pv in self.volumes.by_index("claim", f"{m.get('namespace')}/{m.get('name')}"):
@@ -208,7 +205,6 @@ class PersistentVolumeController(Controller):
             self.enqueue(_claim_key(ref.get("namespace") or "", ref.get("name") or ""))
 
     def _volume_deleted(self, pv: Obj) -> None:
-        self._forget_events(_meta(pv).get("uid") or "")
         ref = _spec(pv).get("claimRef")
         if ref:
             self.enqueue(_claim_key(ref.get("namespace") or "", ref.get("name") or ""))
@@ -597,40 +593,8 @@ class PersistentVolumeController(Controller):
 
     # ------------------------------------------------------------ events
 
-    def _forget_events(self, uid: str) -> None:
-        for k in [k for k in self._event_memory if k[0] == uid]:
-            del self._event_memory[k]
-
     async def _event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event; a repeat of the last one for this object and reason bumps its count."""
-        meta = _meta(obj)
-        ns = meta.get("namespace") or "default"
-        uid = meta.get("uid") or ""
-        now = format_time()
-        remembered = self._event_memory.get((uid, reason))
-        try:
-            if remembered is not None and remembered[1] == message:
-                name, _, count = remembered
-                try:
-                    await self.events_rc.patch(name, {"count": count + 1, "lastTimestamp": now}, namespace=ns)
-                    self._event_memory[(uid, reason)] = (name, message, count + 1)
-                    return
-                except StatusError as e:
-                    if e.code != 404:
-                        raise
-            name = f"{meta.get('name')}.{time.time_ns():x}"
-            involved = {"apiVersion": obj.get("apiVersion") or "v1", "kind": obj.get("kind"),
-                        "name": meta.get("name"), "uid": uid, "resourceVersion": meta.get("resourceVersion")}
-            if meta.get("namespace"):
-                involved["namespace"] = meta["namespace"]
-            await self.events_rc.create({
-                "apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": ns},
-                "involvedObject": involved,
-                "type": type_, "reason": reason, "message": message, "source": {"component": COMPONENT},
-                "reportingComponent": COMPONENT, "firstTimestamp": now, "lastTimestamp": now, "count": 1}, ns)
-            self._event_memory[(uid, reason)] = (name, message, 1)
-        except Exception as e:  # noqa: BLE001 - events are advisory; a lost one must not fail a sync
-            log.debug("event %s for %s not recorded: %s", reason, meta.get("name"), e)
+        self.recorder.event(obj, type_, reason, message)
 
 
 def _volume_claim_index(pv: Obj) -> list[str]:

@@ -50,7 +50,6 @@ from ..client import Client
 from ..ingress.controller import LEASE_LABEL as INGRESS_LEASE_LABEL
 from ..ingress.controller import LEASE_PORTS_ANNOTATION as INGRESS_PORTS_ANNOTATION
 from .base import Controller, key_of
-from .job import record_event
 
 log = logging.getLogger("kybernetes.controllers.servicelb")
 
@@ -219,6 +218,7 @@ class ServiceLBController(Controller):
     """Load balancer addresses for Services: node addresses (k3s) or an address pool (MetalLB)."""
 
     name = "servicelb"
+    component = COMPONENT
     workers = 1  # every decision looks at all LoadBalancers; one at a time keeps them consistent
 
     def __init__(self, client: Client, *, pools: Sequence[str] | str | None = None):
@@ -343,7 +343,7 @@ class ServiceLBController(Controller):
                 await self._event(svc, "Warning", "UnAvailableLoadBalancer", problem)
 
     async def _event(self, svc: Obj, etype: str, reason: str, message: str) -> None:
-        await record_event(self.client, svc, etype, reason, message, COMPONENT)
+        self.recorder.event(svc, etype, reason, message)
 
     # ------------------------------------------------------------ node addresses
 

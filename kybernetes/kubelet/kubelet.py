@@ -21,6 +21,7 @@ from typing import Any
 
 from kybernetes.api.errors import StatusError
 from kybernetes.client import Client, Informer
+from kybernetes.client.events import EventRecorder
 from kybernetes.kubelet import static as staticpods
 from kybernetes.kubelet.dns import ResolvConf, parse_resolv_conf
 from kybernetes.kubelet.images import ImageManager, RuntimeImages
@@ -98,7 +99,7 @@ class Kubelet:
             labels=cfg.node_labels, runtime_version=_runtime_version(runtime)))
         self.allocatable = capacity(cfg.root_dir, cfg.max_pods)[1]
         self.pods = client.resource("v1", "pods")
-        self.events_api = client.resource("v1", "events")
+        self.recorder = EventRecorder(client, "kubelet", host=self.node_name)
         self._configmaps = client.resource("v1", "configmaps")
         self._secrets = client.resource("v1", "secrets")
         self._sa = client.resource("v1", "serviceaccounts")
@@ -119,8 +120,6 @@ class Kubelet:
         self._owners: dict[str, PodWorker] = {}
         self._pulling: dict[str, PodWorker] = {}
         self._pending_runtime: list[RuntimeEvent] = []
-        self._event_queue: asyncio.Queue[tuple[Obj, str, str, str, str]] = asyncio.Queue()
-        self._event_memory: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._noticed: set[tuple[str, str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         runtime.on_event(self._pending_runtime.append)
@@ -138,7 +137,6 @@ class Kubelet:
                 # Addresses of sandboxes that went away while no kubelet ran.
                 await self.network.gc({sb.id for sb in await self.runtime.list_pod_sandboxes()})
         loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._event_writer()))
         for n in getattr(self.runtime, "base_notices", []) or []:
             self._node_event("Warning", n.reason, n.message)
         self.service_informer.add_handler()
@@ -164,8 +162,7 @@ class Kubelet:
         if self.network is not None:
             await self.network.stop()
         # Let queued events reach the API before going away.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event_queue.join(), 2.0)
+        await self.recorder.close(2.0)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -297,11 +294,11 @@ class Kubelet:
 
     def event(self, pod: Obj, type_: str, reason: str, message: str, field_path: str = "") -> None:
         """Record a core/v1 Event about a pod (written in the background, repeats counted)."""
-        self._event_queue.put_nowait((pod, type_, reason, message, field_path))
+        self.recorder.event({**pod, "apiVersion": "v1", "kind": pod.get("kind") or "Pod"}, type_, reason, message,
+                            field_path)
 
     def _node_event(self, type_: str, reason: str, message: str) -> None:
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node_name, "uid": self.node.node_uid or "", "namespace": "default"}}
+        node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.node_name, "uid": self.node.node_uid or ""}}
         self.event(node, type_, reason, message)
 
     def notices(self, worker: PodWorker, notices: list[Notice]) -> None:
@@ -329,59 +326,6 @@ class Kubelet:
                 self._node_event(ev.type, ev.reason, ev.message)
                 continue
             self.notices(w, [Notice(ev.reason, ev.message, ev.type)])
-
-    async def _event_writer(self) -> None:
-        while True:
-            item = await self._event_queue.get()
-            try:
-                await self._write_event(*item)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # events are best effort, as upstream's recorder
-                log.debug("recording event: %s", e)
-            finally:
-                self._event_queue.task_done()
-
-    async def _write_event(self, obj: Obj, type_: str, reason: str, message: str, field_path: str) -> None:
-        meta = obj.get("metadata") or {}
-        ns = meta.get("namespace") or "default"
-        uid = meta.get("uid") or ""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        key = (uid, reason, message)
-        remembered = self._event_memory.get(key)
-        if remembered is not None:
-            name, count = remembered
-            try:
-                await self.events_api.patch(name, {"count": count + 1, "lastTimestamp": now}, namespace=ns)
-                self._event_memory[key] = (name, count + 1)
-                return
-            except StatusError as e:
-                if e.code != 404:
-                    raise
-        name = f"{meta.get('name') or 'obj'}.{time.time_ns():x}"
-        involved: Obj = {"apiVersion": "v1", "kind": obj.get("kind") or "Pod", "name": meta.get("name"),
-                         "uid": uid}
-        if obj.get("kind") != "Node":
-            involved["namespace"] = ns
-            involved["resourceVersion"] = meta.get("resourceVersion")
-        if field_path:
-            involved["fieldPath"] = field_path
-        body = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": ns},
-                "involvedObject": involved, "reason": reason, "message": message, "type": type_,
-                "source": {"component": "kubelet", "host": self.node_name},
-                "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-                "reportingComponent": "kubelet", "reportingInstance": self.node_name}
-        try:
-            await self.events_api.create(body, ns)
-        except StatusError as e:
-            if e.code != 404:
-                raise
-            return
-        self._event_memory[key] = (name, 1)
-        if len(self._event_memory) > 5000:
-            # Bounded memory: forget the oldest half (dict order is insertion order).
-            for k in list(self._event_memory)[:2500]:
-                del self._event_memory[k]
 
     # ------------------------------------------------------------------ background loops
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from kybernetes.api.errors import StatusError
 from kybernetes.api.times import format_time
 from kybernetes.client import Client, Informer
 from kybernetes.client.informer import strip_managed_fields
+from kybernetes.client.events import EventRecorder
 
 from .framework import FitError, Framework
 from .nodeinfo import Cache, PodInfo, pod_key
@@ -157,7 +157,8 @@ class Scheduler:
                                    percentage_of_nodes_to_score=cfg.percentage_of_nodes_to_score)
         self.preemptor = Preemptor(self.framework)
         self.pods = client.resource("v1", "pods")
-        self.events = client.resource("v1", "events")
+        self.recorder = EventRecorder(client, cfg.scheduler_name,
+                                      instance=f"{cfg.scheduler_name}-{socket.gethostname()}")
         # The scheduler never reads managedFields; its caches do not keep them.
         self.node_informer = Informer(client.resource("v1", "nodes", namespaced=False),
                                       transform=strip_managed_fields)
@@ -186,7 +187,6 @@ class Scheduler:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
-        self._event_memory: dict[tuple[str, str], tuple[str, str, int]] = {}
         self._wire()
 
     # ------------------------------------------------------------------ lifecycle
@@ -220,6 +220,7 @@ class Scheduler:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.recorder.close()
         for inf in self.informers:
             await inf.stop()
 
@@ -356,9 +357,6 @@ class Scheduler:
             self.volume_binding.notify()  # a binding waiting for this pod's claims can stop
         self.cache.clear_nominated(key)
         self.cache.forget_pod(key)
-        uid = (pod.get("metadata") or {}).get("uid") or ""
-        for k in [k for k in self._event_memory if k[0] == uid]:
-            del self._event_memory[k]
 
     def _fix_queued_priority(self, pod: Obj) -> None:
         qp = self.queue.get(pod_key(pod))
@@ -492,38 +490,5 @@ class Scheduler:
                 raise
 
     async def _record_event(self, pod: Obj, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event about pod; a repeat of the same message bumps the count of the last one."""
-        meta = pod.get("metadata") or {}
-        ns = meta.get("namespace") or "default"
-        uid = meta.get("uid") or ""
-        now = _now()
-        remembered = self._event_memory.get((uid, reason))
-        if remembered is not None and remembered[1] == message:
-            name, _, count = remembered
-            try:
-                await self.events.patch(name, {"count": count + 1, "lastTimestamp": now}, namespace=ns)
-                self._event_memory[(uid, reason)] = (name, message, count + 1)
-                return
-            except StatusError as e:
-                if e.code != 404:
-                    raise
-        name = f"{meta.get('name') or 'pod'}.{time.time_ns():x}{os.getpid() % 4096:x}"
-        event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": ns},
-            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": ns, "name": meta.get("name"),
-                               "uid": uid, "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message, "type": type_,
-            "source": {"component": self.config.scheduler_name},
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-            "reportingComponent": self.config.scheduler_name,
-            "reportingInstance": self.reporting_instance,
-        }
-        try:
-            await self.events.create(event, ns)
-        except StatusError as e:
-            if e.code != 404:  # the namespace is going away
-                log.warning("recording event %s for %s/%s: %s", reason, ns, meta.get("name"), e.message)
-            return
-        if reason != "Scheduled":
-            self._event_memory[(uid, reason)] = (name, message, 1)
+        """A core/v1 Event about pod (written in the background; repeats counted)."""
+        self.recorder.event({**pod, "apiVersion": "v1", "kind": "Pod"}, type_, reason, message)

@@ -156,6 +156,7 @@ class Cluster:
         raise AssertionError(f"no {typ} condition")
 
     async def events(self, reason: str | None = None) -> list[Obj]:
+        await self.ctl.recorder.flush()  # events are written in the background
         items = (await self.client.resource("v1", "events").list(NS))["items"]
         return [e for e in items if e["involvedObject"].get("kind") == "HorizontalPodAutoscaler"
                 and (reason is None or e["reason"] == reason)]
